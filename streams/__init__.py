@@ -1,0 +1,1 @@
+"""Contextual-bandit allocation on Kafka: pure core, thin Faust/Kafka/Postgres shell."""

@@ -1,0 +1,1 @@
+"""The pure bandit core: no I/O, no Faust, no Kafka, no SQL."""
