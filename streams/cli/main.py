@@ -1,0 +1,143 @@
+"""`bandit-stream`: one console script, one subcommand per job.
+
+Each subcommand imports what it needs when it runs, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+from streams.errors import BanditStreamError
+from streams.settings import Settings, get_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _services(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.services import local
+
+    if args.action == "up":
+        endpoints = local.up(settings)
+        for line in local.status_lines(settings):
+            print(line)
+        print("eval \"$(bandit-stream services env)\" exports these for other tools")
+        del endpoints
+    elif args.action == "down":
+        stopped = local.down(settings)
+        print(f"stopped: {', '.join(stopped) or 'nothing (none of ours was running)'}")
+    elif args.action == "status":
+        for line in local.status_lines(settings):
+            print(line)
+    else:  # env
+        print(f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers}")
+        print(f"DATABASE_URL={settings.database_dsn}")
+    return 0
+
+
+def _db(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.sink.migrations import applied_migrations, load_migrations, migrate
+
+    if args.action == "migrate":
+        applied = asyncio.run(migrate(settings.database_dsn))
+        print(f"applied: {', '.join(applied)}" if applied else "up to date: nothing to apply")
+    else:
+        done = dict(asyncio.run(applied_migrations(settings.database_dsn)))
+        for migration in load_migrations():
+            mark = "applied" if migration.version in done else "pending"
+            print(f"{migration.name:<40} {mark}")
+    return 0
+
+
+def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.admin import ensure_topics, partition_counts
+    from streams.topics import topic_specs
+
+    if args.action == "create":
+        created = asyncio.run(ensure_topics(settings))
+        print(f"created: {', '.join(created)}" if created else "all topics exist")
+    else:
+        counts = asyncio.run(partition_counts(settings))
+        for spec in topic_specs(settings).values():
+            have = counts.get(spec.name)
+            state = f"{have} partitions" if have is not None else "missing"
+            flags = " compacted" if spec.compacted else ""
+            print(f"{spec.name:<32} key={spec.key:<28} {state}{flags}")
+    return 0
+
+
+def _check(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.selfcheck import run_check
+    from streams.services import local
+
+    local.up(settings)
+    report = asyncio.run(run_check(settings))
+    print("bandit-stream check: all good")
+    print(report.render())
+    return 0
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.bench == "policies":
+        from streams.bench import policies
+
+        return policies.main(args)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bandit-stream",
+        description="Contextual Thompson-sampling allocation on Kafka (Faust) and Postgres.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    services = commands.add_parser("services", help="local Kafka and Postgres for development")
+    services.add_argument("action", choices=["up", "down", "status", "env"])
+    services.set_defaults(handler=_services)
+
+    db = commands.add_parser("db", help="database migrations")
+    db.add_argument("action", choices=["migrate", "status"])
+    db.set_defaults(handler=_db)
+
+    topics = commands.add_parser("topics", help="create or list the service's Kafka topics")
+    topics.add_argument("action", choices=["create", "list"])
+    topics.set_defaults(handler=_topics)
+
+    check = commands.add_parser(
+        "check", help="services up, migrate, topics, a round trip through Kafka and Postgres"
+    )
+    check.set_defaults(handler=_check)
+
+    bench = commands.add_parser("bench", help="benchmarks that print a table")
+    benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    policies = benches.add_parser("policies", help="bandit policies on simulated traffic")
+    _add_policy_bench_arguments(policies)
+    bench.set_defaults(handler=_bench)
+    return parser
+
+
+def _add_policy_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        from streams.bench import policies
+    except ImportError:  # the bandit core is not there yet
+        return
+    policies.add_arguments(parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args, get_settings())
+    except BanditStreamError as exc:
+        print(f"bandit-stream {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""One frozen, typed settings object, read from the environment.
+
+Every knob of the service lives here, so that a reader finds the whole configuration in one
+place and the README's table can be checked against it (tests/unit/test_settings.py).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _project_root() -> Path:
+    """The checkout this package runs from (for its `.local/` state), else the cwd."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+class Settings(BaseSettings):
+    """Configuration of workers, CLI, local services, demo and benchmarks."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    # --- where the real services are; unset means "the project's own local services" ---
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, validation_alias="KAFKA_BOOTSTRAP_SERVERS"
+    )
+    database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")
+
+    # --- local services started by `bandit-stream services up` ---
+    state_dir: Path = Field(
+        default_factory=lambda: _project_root() / ".local", validation_alias="BANDIT_STATE_DIR"
+    )
+    local_kafka_port: int = Field(default=19092, validation_alias="BANDIT_LOCAL_KAFKA_PORT")
+    local_postgres_port: int = Field(default=15432, validation_alias="BANDIT_LOCAL_POSTGRES_PORT")
+    kafka_heap: str = Field(default="512m", validation_alias="BANDIT_KAFKA_HEAP")
+
+    # --- topics ---
+    topic_prefix: str = Field(default="", validation_alias="BANDIT_TOPIC_PREFIX")
+    partitions: int = Field(default=8, ge=1, le=1024, validation_alias="BANDIT_PARTITIONS")
+    replication_factor: int = Field(default=1, ge=1, validation_alias="BANDIT_REPLICATION_FACTOR")
+
+    # --- the worker ---
+    app_id: str = Field(default="bandit-stream", validation_alias="BANDIT_APP_ID")
+    store: str = Field(default="memory://", validation_alias="BANDIT_STORE")
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
+        default="exactly_once", validation_alias="BANDIT_PROCESSING_GUARANTEE"
+    )
+    commit_interval_s: float = Field(
+        default=0.5, gt=0, validation_alias="BANDIT_COMMIT_INTERVAL_S"
+    )
+    web_port: int = Field(default=6066, validation_alias="BANDIT_WEB_PORT")
+    web_host: str = Field(default="127.0.0.1", validation_alias="BANDIT_WEB_HOST")
+    log_level: str = Field(default="info", validation_alias="BANDIT_LOG_LEVEL")
+
+    # --- input limits ---
+    max_event_bytes: int = Field(default=65_536, ge=256, validation_alias="BANDIT_MAX_EVENT_BYTES")
+    max_future_skew_s: float = Field(
+        default=300.0, ge=0, validation_alias="BANDIT_MAX_FUTURE_SKEW_S"
+    )
+
+    @property
+    def kafka_configured(self) -> bool:
+        return self.kafka_bootstrap_servers is not None
+
+    @property
+    def database_configured(self) -> bool:
+        return self.database_url is not None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The configured broker, else the project's local one."""
+        if self.kafka_bootstrap_servers:
+            return self.kafka_bootstrap_servers
+        return f"127.0.0.1:{self.local_kafka_port}"
+
+    @property
+    def database_dsn(self) -> str:
+        """The configured database, else the project's local cluster."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"postgresql://postgres@127.0.0.1:{self.local_postgres_port}/bandit"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once; tests build their own `Settings(...)`)."""
+    return Settings()

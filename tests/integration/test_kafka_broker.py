@@ -1,0 +1,115 @@
+"""The real broker does what the service relies on: groups, commits, transactions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.admin import ensure_topics
+from streams.settings import Settings
+from streams.topics import TopicSpec
+
+pytestmark = pytest.mark.integration
+
+
+async def _topic(settings: Settings, name: str, partitions: int) -> str:
+    full = f"{settings.topic_prefix}{name}"
+    spec = TopicSpec(base=name, name=full, partitions=partitions, key="k", contract=None)
+    await ensure_topics(settings, [spec])
+    return full
+
+
+async def _drain(consumer: AIOKafkaConsumer, want: int, timeout: float = 30) -> list[bytes]:
+    got: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while len(got) < want and loop.time() < deadline:
+        batch = await consumer.getmany(timeout_ms=500)
+        for records in batch.values():
+            got.extend(r.value for r in records if r.value is not None)
+    return got
+
+
+async def test_second_consumer_resumes_from_committed_offsets(settings: Settings) -> None:
+    topic = await _topic(settings, "resume", partitions=3)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    await producer.start()
+    try:
+        for i in range(300):
+            await producer.send(topic, key=f"k{i}".encode(), value=f"{i}".encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    group = f"{settings.app_id}-group"
+
+    def consumer() -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            topic, bootstrap_servers=settings.bootstrap_servers, group_id=group,
+            auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=50,
+        )
+
+    first = consumer()
+    await first.start()
+    try:
+        assignment: set[TopicPartition] = set()
+        for _ in range(100):
+            assignment = first.assignment()
+            if assignment:
+                break
+            await asyncio.sleep(0.1)
+        assert len(assignment) == 3, "one consumer in the group gets every partition"
+        seen_first = await _drain(first, 120)
+        await first.commit()
+    finally:
+        await first.stop()
+
+    second = consumer()
+    await second.start()
+    try:
+        seen_second = await _drain(second, 300 - len(seen_first))
+    finally:
+        await second.stop()
+
+    assert seen_first, "the first consumer read something"
+    assert len(set(seen_first) & set(seen_second)) == 0, "nothing committed is read again"
+    assert sorted(map(int, seen_first + seen_second)) == list(range(300)), "nothing is lost"
+
+
+async def test_read_committed_never_sees_aborted_messages(settings: Settings) -> None:
+    topic = await _topic(settings, "tx", partitions=2)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, transactional_id=f"{settings.app_id}-tx"
+    )
+    await producer.start()
+    try:
+        async with producer.transaction():
+            for i in range(10):
+                await producer.send(topic, key=b"a", value=f"committed-{i}".encode())
+        await producer.begin_transaction()
+        for i in range(10):
+            await producer.send(topic, key=b"a", value=f"aborted-{i}".encode())
+        await producer.abort_transaction()
+        async with producer.transaction():
+            await producer.send(topic, key=b"a", value=b"committed-last")
+    finally:
+        await producer.stop()
+
+    async def read(isolation: str) -> list[bytes]:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=settings.bootstrap_servers, isolation_level=isolation,
+            auto_offset_reset="earliest", group_id=None,
+        )
+        await consumer.start()
+        try:
+            return await _drain(consumer, 11 if isolation == "read_committed" else 21, 15)
+        finally:
+            await consumer.stop()
+
+    committed = await read("read_committed")
+    assert committed == [f"committed-{i}".encode() for i in range(10)] + [b"committed-last"]
+    uncommitted = await read("read_uncommitted")
+    assert sum(v.startswith(b"aborted") for v in uncommitted) == 10, (
+        "the aborted messages are in the log: only read_committed hides them"
+    )
