@@ -54,9 +54,10 @@ def services() -> Iterator[Services]:
         from testcontainers.kafka import KafkaContainer
         from testcontainers.postgres import PostgresContainer
 
-        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as kafka, PostgresContainer(
-            "postgres:16", driver=None
-        ) as pg:
+        with (
+            KafkaContainer("apache/kafka:4.1.1").with_kraft() as kafka,
+            PostgresContainer("postgres:16", driver=None) as pg,
+        ):
             yield Services(kafka.get_bootstrap_server(), pg.get_connection_url())
         return
     from streams.services import local
@@ -65,9 +66,7 @@ def services() -> Iterator[Services]:
     try:
         yield Services(endpoints.bootstrap_servers, endpoints.database_url)
     finally:
-        local.down(
-            configured, kafka=endpoints.started_kafka, postgres=endpoints.started_postgres
-        )
+        local.down(configured, kafka=endpoints.started_kafka, postgres=endpoints.started_postgres)
 
 
 @pytest.fixture

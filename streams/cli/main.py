@@ -23,7 +23,7 @@ def _services(args: argparse.Namespace, settings: Settings) -> int:
         endpoints = local.up(settings)
         for line in local.status_lines(settings):
             print(line)
-        print("eval \"$(bandit-stream services env)\" exports these for other tools")
+        print('eval "$(bandit-stream services env)" exports these for other tools')
         del endpoints
     elif args.action == "down":
         stopped = local.down(settings)
@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="services up, migrate, topics, a round trip through Kafka and Postgres"
     )
     check.set_defaults(handler=_check)
+
+    demo = commands.add_parser("demo", help="the live demo of the whole pipeline")
+    demo.set_defaults(handler=_check)
 
     bench = commands.add_parser("bench", help="benchmarks that print a table")
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")

@@ -83,8 +83,12 @@ class LocalKafka:
         started = time.monotonic()
         process.run(
             [
-                "mvn", "-q", "-B", f"-Dmaven.repo.local={self.root / 'm2'}",
-                "dependency:copy-dependencies", f"-DoutputDirectory={self.libs}",
+                "mvn",
+                "-q",
+                "-B",
+                f"-Dmaven.repo.local={self.root / 'm2'}",
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={self.libs}",
                 "-DincludeScope=runtime",
             ],
             cwd=build,
@@ -136,8 +140,18 @@ class LocalKafka:
         uuid = process.run([java, self._log4j(), *cp, "kafka.tools.StorageTool", "random-uuid"])
         cluster_id = uuid.stdout.strip().splitlines()[-1]
         process.run(
-            [java, self._log4j(), *cp, "kafka.tools.StorageTool", "format", "--standalone",
-             "-t", cluster_id, "-c", str(config)]
+            [
+                java,
+                self._log4j(),
+                *cp,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                cluster_id,
+                "-c",
+                str(config),
+            ]
         )
         process.write_json(self.root / "formatted.json", {"port": self.port, "id": cluster_id})
 
@@ -168,14 +182,24 @@ class LocalKafka:
         config = self._write_config()
         self._format(java, config)
         cmd = [
-            java, f"-Xmx{self.settings.kafka_heap}", f"-Xms{self.settings.kafka_heap}",
-            "-XX:+UseG1GC", "-Djava.awt.headless=true", self._log4j(),
-            "-cp", self._classpath(), KAFKA_MAIN, str(config),
+            java,
+            f"-Xmx{self.settings.kafka_heap}",
+            f"-Xms{self.settings.kafka_heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            self._log4j(),
+            "-cp",
+            self._classpath(),
+            KAFKA_MAIN,
+            str(config),
         ]
         started = time.monotonic()
         with self.log.open("ab") as log:
             proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         process.write_json(self.state_file, {"pid": proc.pid, "port": self.port})

@@ -108,10 +108,21 @@ class LocalPostgres:
         self._chown(self.root, self.sockets)
         if not (self.data / "PG_VERSION").exists():
             shutil.rmtree(self.data, ignore_errors=True)
-            process.run(self._as_owner([
-                str(bindir / "initdb"), "-D", str(self.data), "--auth=trust", "-U", "postgres",
-                "--encoding=UTF8", "--no-locale", "--no-sync",
-            ]))
+            process.run(
+                self._as_owner(
+                    [
+                        str(bindir / "initdb"),
+                        "-D",
+                        str(self.data),
+                        "--auth=trust",
+                        "-U",
+                        "postgres",
+                        "--encoding=UTF8",
+                        "--no-locale",
+                        "--no-sync",
+                    ]
+                )
+            )
         if not self.log.exists():
             self.log.touch()
         self._chown(self.log)
@@ -120,10 +131,23 @@ class LocalPostgres:
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.sockets} "
             "-c max_connections=200 -c shared_buffers=128MB"
         )
-        process.run(self._as_owner([
-            str(bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options,
-            "-w", "-t", str(int(timeout)), "start",
-        ]))
+        process.run(
+            self._as_owner(
+                [
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.log),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "start",
+                ]
+            )
+        )
         self._ensure_database(timeout)
         return PostgresStatus(True, self.dsn, self._postmaster_pid(), self.log, True)
 
@@ -138,9 +162,11 @@ class LocalPostgres:
         bindir = find_bindir()
         if bindir is None:
             return False
-        process.run(self._as_owner(
-            [str(bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]
-        ))
+        process.run(
+            self._as_owner(
+                [str(bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]
+            )
+        )
         return True
 
     def status(self) -> PostgresStatus:
@@ -167,7 +193,7 @@ async def database_answers(dsn: str, timeout: float = 3.0) -> bool:
 
     try:
         conn = await asyncpg.connect(dsn, timeout=timeout)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     try:
         return bool(await conn.fetchval("SELECT 1"))

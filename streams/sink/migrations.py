@@ -92,7 +92,9 @@ async def _apply_new(conn: asyncpg.Connection, migrations: list[Migration]) -> l
                 await conn.execute(migration.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version, migration.name, migration.checksum,
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
                 )
         except asyncpg.PostgresError as exc:
             msg = f"{migration.name} failed and was rolled back: {exc}"

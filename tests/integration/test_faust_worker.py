@@ -20,10 +20,13 @@ async def test_exactly_once_worker_processes_end_to_end_and_stops_on_sigterm(
     settings: Settings, tmp_path: Path
 ) -> None:
     source, sink = f"{settings.topic_prefix}echo-in", f"{settings.topic_prefix}echo-out"
-    await ensure_topics(settings, [
-        TopicSpec(base="in", name=source, partitions=2, key="k", contract=None),
-        TopicSpec(base="out", name=sink, partitions=2, key="k", contract=None),
-    ])
+    await ensure_topics(
+        settings,
+        [
+            TopicSpec(base="in", name=source, partitions=2, key="k", contract=None),
+            TopicSpec(base="out", name=sink, partitions=2, key="k", contract=None),
+        ],
+    )
     worker = FaustWorker(
         "tests.integration.apps.echo",
         {
@@ -46,8 +49,10 @@ async def test_exactly_once_worker_processes_end_to_end_and_stops_on_sigterm(
             await producer.stop()
 
         consumer = AIOKafkaConsumer(
-            sink, bootstrap_servers=settings.bootstrap_servers,
-            isolation_level="read_committed", auto_offset_reset="earliest",
+            sink,
+            bootstrap_servers=settings.bootstrap_servers,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
         )
         await consumer.start()
         got: list[int] = []

@@ -46,8 +46,12 @@ async def test_second_consumer_resumes_from_committed_offsets(settings: Settings
 
     def consumer() -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
-            topic, bootstrap_servers=settings.bootstrap_servers, group_id=group,
-            auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=50,
+            topic,
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=group,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_poll_records=50,
         )
 
     first = consumer()
@@ -98,8 +102,11 @@ async def test_read_committed_never_sees_aborted_messages(settings: Settings) ->
 
     async def read(isolation: str) -> list[bytes]:
         consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=settings.bootstrap_servers, isolation_level=isolation,
-            auto_offset_reset="earliest", group_id=None,
+            topic,
+            bootstrap_servers=settings.bootstrap_servers,
+            isolation_level=isolation,
+            auto_offset_reset="earliest",
+            group_id=None,
         )
         await consumer.start()
         try:

@@ -22,8 +22,13 @@ def _free_pair() -> int:
     for _ in range(50):
         port = free_port()
         probe = subprocess.run(
-            [sys.executable, "-c", f"import socket; socket.create_server(('127.0.0.1', {port + 1}))"],
-            check=False, capture_output=True,
+            [
+                sys.executable,
+                "-c",
+                f"import socket; socket.create_server(('127.0.0.1', {port + 1}))",
+            ],
+            check=False,
+            capture_output=True,
         )
         if probe.returncode == 0:
             return port
@@ -43,13 +48,21 @@ def state_dir(unique: str) -> Iterator[Path]:
 
 
 def _cli(state_dir: Path, kafka_port: int, pg_port: int, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")}
-    env.update(BANDIT_STATE_DIR=str(state_dir), BANDIT_LOCAL_KAFKA_PORT=str(kafka_port),
-               BANDIT_LOCAL_POSTGRES_PORT=str(pg_port))
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")
+    }
+    env.update(
+        BANDIT_STATE_DIR=str(state_dir),
+        BANDIT_LOCAL_KAFKA_PORT=str(kafka_port),
+        BANDIT_LOCAL_POSTGRES_PORT=str(pg_port),
+    )
     done = subprocess.run(
         [sys.executable, "-m", "streams.cli.main", "services", *args],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
@@ -74,7 +87,8 @@ def test_up_twice_reuses_then_down_stops_what_up_started(state_dir: Path) -> Non
         down = _cli(state_dir, kafka_port, pg_port, "down")
     assert "kafka" in down and "postgres" in down
     assert not Path(f"/proc/{kafka_pid}").exists() or "kafka" not in Path(
-        f"/proc/{kafka_pid}/cmdline").read_text(errors="replace")
+        f"/proc/{kafka_pid}/cmdline"
+    ).read_text(errors="replace")
     status = _cli(state_dir, kafka_port, pg_port, "status")
     assert status.count("stopped") == 2
 

@@ -38,7 +38,7 @@ async def test_concurrent_runs_apply_each_migration_once(fresh_database: str) ->
 async def test_failed_migration_is_rolled_back_whole(fresh_database: str, tmp_path: Path) -> None:
     (tmp_path / "001_ok.sql").write_text("CREATE TABLE a (x int);")
     (tmp_path / "002_broken.sql").write_text("CREATE TABLE b (x int); SELECT no_such_column;")
-    with pytest.raises(MigrationError, match="002_broken.sql failed and was rolled back"):
+    with pytest.raises(MigrationError, match=r"002_broken\.sql failed and was rolled back"):
         await migrate(fresh_database, tmp_path)
     conn = await asyncpg.connect(fresh_database)
     try:

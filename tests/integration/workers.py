@@ -31,12 +31,26 @@ class FaustWorker:
 
     def start(self) -> FaustWorker:
         cmd = [
-            sys.executable, "-m", "faust", "-A", self.app, "worker", "-l", "info",
-            "--web-port", str(self.web_port), "--web-host", "127.0.0.1",
+            sys.executable,
+            "-m",
+            "faust",
+            "-A",
+            self.app,
+            "worker",
+            "-l",
+            "info",
+            "--web-port",
+            str(self.web_port),
+            "--web-host",
+            "127.0.0.1",
         ]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                cmd, cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                cmd,
+                cwd=REPO,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
         return self
@@ -50,8 +64,9 @@ class FaustWorker:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited early ({self.proc.returncode}):\n"
-                                     + self.log_text()[-4000:])
+                raise AssertionError(
+                    f"worker exited early ({self.proc.returncode}):\n" + self.log_text()[-4000:]
+                )
             if self.log_text().count("[^Worker]: Ready") >= self._ready_seen:
                 self._ready_seen += 1
                 return
@@ -67,10 +82,10 @@ class FaustWorker:
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError("worker ignored SIGTERM:\n" + self.log_text()[-4000:])
+            raise AssertionError("worker ignored SIGTERM:\n" + self.log_text()[-4000:]) from exc
 
     def kill(self) -> None:
         """SIGKILL: a crash, with no chance to commit or flush anything."""

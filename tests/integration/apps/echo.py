@@ -15,10 +15,20 @@ app = faust.App(
     topic_partitions=int(os.environ.get("ECHO_PARTITIONS", "2")),
     broker_commit_interval=0.5,
 )
-source = app.topic(os.environ["ECHO_SOURCE"], key_type=bytes, value_type=bytes,
-                   key_serializer="raw", value_serializer="raw")
-sink = app.topic(os.environ["ECHO_SINK"], key_type=bytes, value_type=bytes,
-                 key_serializer="raw", value_serializer="raw")
+source = app.topic(
+    os.environ["ECHO_SOURCE"],
+    key_type=bytes,
+    value_type=bytes,
+    key_serializer="raw",
+    value_serializer="raw",
+)
+sink = app.topic(
+    os.environ["ECHO_SINK"],
+    key_type=bytes,
+    value_type=bytes,
+    key_serializer="raw",
+    value_serializer="raw",
+)
 seen = app.Table("echo-seen", default=int, partitions=int(os.environ.get("ECHO_PARTITIONS", "2")))
 
 

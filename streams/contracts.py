@@ -1,0 +1,357 @@
+"""Event contracts: the JSON Schemas in ``schemas/`` and a fast decoder for the hot path.
+
+The schema files are the single source of truth, shared with outside producers. This
+module compiles each one with fastjsonschema once, and turns every failure into a reason
+code plus a sentence a person can act on, so nothing bad reaches the agents and every
+rejected message can go to the dead-letter topic with an explanation.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
+from typing import Any, Final
+
+import fastjsonschema
+import orjson
+
+__all__ = [
+    "CONTRACTS",
+    "DEAD_LETTER_PAYLOAD_BYTES",
+    "MAX_EVENT_BYTES",
+    "SCHEMA_DIR",
+    "RejectReason",
+    "Rejected",
+    "dead_letter_record",
+    "decode_event",
+    "format_timestamp",
+    "load_schema",
+    "parse_timestamp",
+    "validate",
+]
+
+SCHEMA_DIR: Final = Path(__file__).resolve().parent.parent / "schemas"
+CONTRACTS: Final = (
+    "visits", "exposures", "conversions", "experiments",
+    "decisions", "allocations", "insights", "deadletter",
+)  # fmt: skip
+MAX_EVENT_BYTES: Final = 65_536  # default limit for one input event
+DEAD_LETTER_PAYLOAD_BYTES: Final = 65_536  # original bytes kept in a dead letter
+_DETAIL_MAX: Final = 2048  # deadletter.schema.json: detail maxLength
+_KEY_MAX: Final = 1024  # deadletter.schema.json: key maxLength
+# Same as $defs/timestamp/pattern in every schema (a test keeps them equal).
+RFC3339_PATTERN: Final = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
+_RFC3339 = re.compile(RFC3339_PATTERN.replace("$", r"\Z"))
+
+
+class RejectReason(StrEnum):
+    """Why a message went to the dead-letter topic (the deadletter ``reason`` enum)."""
+
+    OVERSIZED = "oversized"
+    INVALID_UTF8 = "invalid_utf8"
+    MALFORMED_JSON = "malformed_json"
+    NOT_AN_OBJECT = "not_an_object"
+    SCHEMA_VIOLATION = "schema_violation"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    UNKNOWN_EXPERIMENT = "unknown_experiment"
+    EXPERIMENT_NOT_RUNNING = "experiment_not_running"
+    UNKNOWN_VARIANT = "unknown_variant"
+    DUPLICATE_EVENT = "duplicate_event"
+    UNATTRIBUTABLE = "unattributable"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message that must not be processed: a reason code and a human-actionable sentence."""
+
+    reason: RejectReason
+    detail: str
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _no_remote_refs(uri: str) -> Any:
+    msg = f"schemas must be self-contained; refusing to fetch remote $ref {uri!r}"
+    raise ValueError(msg)
+
+
+@cache
+def load_schema(contract: str, schema_dir: Path | None = None) -> Mapping[str, Any]:
+    """Parse ``<schema_dir>/<contract>.schema.json`` once; treat the result as read-only."""
+    if contract not in CONTRACTS:
+        msg = f"unknown contract {contract!r}; expected one of {', '.join(CONTRACTS)}"
+        raise ValueError(msg)
+    path = (schema_dir or SCHEMA_DIR) / f"{contract}.schema.json"
+    schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return schema
+
+
+@cache
+def _validator(contract: str, schema_dir: Path | None) -> Callable[[Any], Any]:
+    # Compiling generates Python source; do it once per contract, lazily.
+    handlers = dict.fromkeys(("http", "https", "file"), _no_remote_refs)
+    schema = dict(load_schema(contract, schema_dir))
+    return fastjsonschema.compile(schema, handlers=handlers, use_default=False)
+
+
+# ---------------------------------------------------------------- timestamps
+
+
+def parse_timestamp(s: str) -> datetime:
+    """Parse an RFC 3339 timestamp that carries a timezone into an aware UTC datetime."""
+    if _RFC3339.match(s):
+        try:
+            return _parse_checked(s)
+        except (ValueError, OverflowError):
+            pass  # e.g. Feb 30, a leap second, or out of datetime's range
+    msg = f"{s!r} is not an RFC 3339 timestamp with a timezone (e.g. 2024-05-01T12:00:00Z)"
+    raise ValueError(msg)
+
+
+def _parse_checked(s: str) -> datetime:
+    # The caller has matched RFC3339_PATTERN, so there is always an offset.
+    return datetime.fromisoformat(s[:-1] + "+00:00" if s[-1] == "Z" else s).astimezone(UTC)
+
+
+def format_timestamp(dt: datetime) -> str:
+    """Format an aware datetime as RFC 3339 UTC with millisecond precision and ``Z``."""
+    if dt.utcoffset() is None:
+        msg = f"refusing to format naive datetime {dt!r}; attach a timezone"
+        raise ValueError(msg)
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+# ---------------------------------------------------------------- explaining failures
+
+_TYPE_NAMES: Final = {
+    "string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean",
+    "object": "an object", "array": "an array", "null": "null",
+}  # fmt: skip
+_RULE_TEXT: Final = {
+    "enum": "must be one of {}",
+    "const": "must be {}",
+    "minLength": "must be at least {} characters long",
+    "maxLength": "must be at most {} characters long",
+    "minimum": "must be at least {}",
+    "maximum": "must be at most {}",
+    "exclusiveMinimum": "must be greater than {}",
+    "exclusiveMaximum": "must be less than {}",
+    "minItems": "must have at least {} items",
+    "maxItems": "must have at most {} items",
+    "uniqueItems": "must not contain duplicates",
+    "minProperties": "must have at least {} entries",
+    "maxProperties": "must have at most {} entries",
+    "pattern": "must match the pattern {}",
+}
+
+
+def _show(value: Any) -> str:
+    """A short rendering of an offending value (bounded: details end up in logs and topics)."""
+    if isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= 80 else f"{text[:76]}...' ({len(value):,} characters)"
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return repr(value)
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    return "a boolean" if isinstance(value, bool) else "a number"
+
+
+def _fields(names: list[str], parent: str) -> str:
+    quoted = ", ".join(f"'{parent}.{n}'" if parent else f"'{n}'" for n in names)
+    return f"field {quoted} is" if len(names) == 1 else f"fields {quoted} are"
+
+
+def _explain(err: fastjsonschema.JsonSchemaValueException) -> str:
+    """Turn fastjsonschema's error into a sentence naming the field, the rule and the value."""
+    field = (err.name or "data")[4:].lstrip(".")
+    rule, value = err.rule or "", err.value
+    definition = err.definition if isinstance(err.definition, dict) else {}
+    where = f"field '{field}'" if field else "the document"
+    if rule == "required" and isinstance(value, dict):
+        missing = [k for k in err.rule_definition or () if k not in value]
+        return f"{_fields(missing, field)} required but missing"
+    if rule == "additionalProperties" and isinstance(value, dict):
+        known = definition.get("properties", {})
+        extra = sorted(str(k) for k in value if k not in known)
+        return f"{_fields(extra, field)} not allowed here; allowed: {', '.join(known)}"
+    if definition.get("format") == "date-time":
+        return f"{where} must be an RFC 3339 timestamp with a timezone, got {_show(value)}"
+    if rule == "type":
+        types = err.rule_definition
+        names = types if isinstance(types, list) else [types]
+        wanted = " or ".join(_TYPE_NAMES.get(str(t), str(t)) for t in names)
+        return f"{where} must be {wanted}, got {_show(value)}"
+    if rule == "propertyNames":
+        keys = ", ".join(_show(k) for k in list(value)[:5]) if isinstance(value, dict) else ""
+        hint = (err.rule_definition or {}).get("description", "")
+        return f"{where} has an invalid key among {keys}; keys must be: {hint}"
+    if rule in _RULE_TEXT:
+        arg = err.rule_definition
+        shown = ", ".join(map(_show, arg)) if rule == "enum" else str(arg)
+        sentence = f"{where} {_RULE_TEXT[rule].format(shown)}, got {_show(value)}"
+        hint = definition.get("description")
+        return f"{sentence} ({hint})" if rule == "pattern" and hint else sentence
+    return err.message.replace("data", where, 1)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check(contract: str, doc: dict[str, Any], schema_dir: Path | None) -> Rejected | None:
+    try:
+        _validator(contract, schema_dir)(doc)
+    except fastjsonschema.JsonSchemaValueException as err:
+        return Rejected(RejectReason.SCHEMA_VIOLATION, _explain(err))
+    except RecursionError:  # uniqueItems recurses into nested arrays before `items` checks
+        return Rejected(RejectReason.SCHEMA_VIOLATION, "payload is nested too deeply to validate")
+    if contract == "experiments":  # JSON Schema cannot say "variant_id values are unique"
+        ids = [v["variant_id"] for v in doc["variants"]]
+        if dupes := sorted({i for i in ids if ids.count(i) > 1}):
+            return Rejected(
+                RejectReason.SCHEMA_VIOLATION,
+                f"field 'variants' repeats variant_id {', '.join(map(repr, dupes))}; "
+                "each variant needs its own id",
+            )
+    return None
+
+
+def validate(
+    contract: str, doc: Mapping[str, Any], *, schema_dir: Path | None = None
+) -> Rejected | None:
+    """Check a document (typically one we are about to publish) against its contract."""
+    return _check(contract, doc if isinstance(doc, dict) else dict(doc), schema_dir)
+
+
+def decode_event(
+    contract: str,
+    raw: bytes | None,
+    *,
+    max_bytes: int,
+    now: datetime,
+    max_future_skew: timedelta,
+    schema_dir: Path | None = None,
+) -> dict[str, Any] | Rejected:
+    """Bytes from Kafka -> a valid document, or why not. Cheapest checks first; never raises.
+
+    A None value (a tombstone) is rejected too: compacted-topic readers handle deletes
+    before calling this.
+    """
+    if not raw:
+        return Rejected(RejectReason.MALFORMED_JSON, "message has no value; send a JSON object")
+    if len(raw) > max_bytes:
+        return Rejected(
+            RejectReason.OVERSIZED,
+            f"payload is {len(raw):,} bytes; the limit is {max_bytes:,} (MAX_EVENT_BYTES)",
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return Rejected(
+            RejectReason.INVALID_UTF8,
+            f"payload is not valid UTF-8: byte 0x{raw[err.start]:02x} at position "
+            f"{err.start:,} ({err.reason}); send UTF-8 encoded JSON",
+        )
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError as err:
+        hint = "; remove the byte-order mark" if text.startswith("\ufeff") else ""
+        return Rejected(RejectReason.MALFORMED_JSON, f"payload is not valid JSON: {err}{hint}")
+    if not isinstance(doc, dict):
+        return Rejected(
+            RejectReason.NOT_AN_OBJECT,
+            f"payload is {_json_kind(doc)}; a {contract} event must be a JSON object",
+        )
+    if rejected := _check(contract, doc, schema_dir):
+        return rejected
+    occurred_at = doc.get("occurred_at")
+    if isinstance(occurred_at, str):
+        try:
+            when = _parse_checked(occurred_at)
+        except (ValueError, OverflowError):
+            return Rejected(
+                RejectReason.SCHEMA_VIOLATION,
+                "field 'occurred_at' must be an RFC 3339 timestamp with a timezone, "
+                f"got {_show(occurred_at)}",
+            )
+        if when > now + max_future_skew:
+            ahead = (when - now).total_seconds()
+            return Rejected(
+                RejectReason.FUTURE_TIMESTAMP,
+                f"field 'occurred_at' is {ahead:,.0f} s in the future ({occurred_at}); at most "
+                f"{max_future_skew.total_seconds():,.0f} s is tolerated; check the producer clock",
+            )
+    return doc
+
+
+# ---------------------------------------------------------------- dead letters
+
+
+def dead_letter_record(
+    *,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    raw: bytes | None,
+    rejected: Rejected,
+    now: datetime,
+) -> dict[str, Any]:
+    """Build the deadletter document: the original bytes (bounded) plus reason and detail.
+
+    Text that Postgres cannot store (U+0000) or that is not UTF-8 is kept as base64.
+    """
+    data = raw or b""
+    kept = data[:DEAD_LETTER_PAYLOAD_BYTES]
+    note = ""
+    if len(kept) < len(data):
+        note = f" (payload truncated to the first {len(kept):,} of {len(data):,} bytes)"
+    detail = rejected.detail or rejected.reason.value
+    if len(detail) + len(note) > _DETAIL_MAX:
+        detail = detail[: _DETAIL_MAX - len(note) - 1] + "…"
+    if _is_utf8(data) and b"\x00" not in kept:  # "ignore" drops a character cut in half
+        payload, encoding = kept.decode("utf-8", "ignore"), "utf-8"
+    else:
+        payload, encoding = base64.b64encode(kept).decode("ascii"), "base64"
+    # The key is only for humans here: keep it printable, storable and bounded.
+    key_text = None if key is None else key.decode("utf-8", "backslashreplace")
+    return {
+        "source_topic": source_topic,
+        "partition": partition,
+        "offset": offset,
+        "key": None if key_text is None else key_text.replace("\x00", "\\x00")[:_KEY_MAX],
+        "payload": payload,
+        "payload_encoding": encoding,
+        "reason": rejected.reason.value,
+        "detail": detail + note,
+        "rejected_at": format_timestamp(now),
+    }
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
