@@ -12,6 +12,7 @@ import base64
 import json
 import re
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -23,19 +24,10 @@ import fastjsonschema
 import orjson
 
 __all__ = [
-    "CONTRACTS",
-    "DEAD_LETTER_PAYLOAD_BYTES",
-    "MAX_EVENT_BYTES",
-    "SCHEMA_DIR",
-    "RejectReason",
-    "Rejected",
-    "dead_letter_record",
-    "decode_event",
-    "format_timestamp",
-    "load_schema",
-    "parse_timestamp",
-    "validate",
-]
+    "CONTRACTS", "DEAD_LETTER_PAYLOAD_BYTES", "MAX_EVENT_BYTES", "RFC3339_PATTERN", "SCHEMA_DIR",
+    "RejectReason", "Rejected", "dead_letter_record", "decode_event", "format_timestamp",
+    "load_schema", "parse_timestamp", "validate",
+]  # fmt: skip
 
 SCHEMA_DIR: Final = Path(__file__).resolve().parent.parent / "schemas"
 CONTRACTS: Final = (
@@ -165,17 +157,10 @@ def _show(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, int | float):
         return repr(value)
-    return "an array" if isinstance(value, list) else "an object"
-
-
-def _json_kind(value: Any) -> str:
+    n = len(value) if isinstance(value, list | dict) else 0
     if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if value is None:
-        return "null"
-    return "a boolean" if isinstance(value, bool) else "a number"
+        return f"an array of {n} item{'' if n == 1 else 's'}"
+    return f"an object with {n} entr{'y' if n == 1 else 'ies'}"
 
 
 def _fields(names: list[str], parent: str) -> str:
@@ -209,6 +194,8 @@ def _explain(err: fastjsonschema.JsonSchemaValueException) -> str:
         return f"{where} has an invalid key among {keys}; keys must be: {hint}"
     if rule in _RULE_TEXT:
         arg = err.rule_definition
+        if rule in ("minLength", "minItems", "minProperties") and arg == 1:
+            return f"{where} must not be empty"
         shown = ", ".join(map(_show, arg)) if rule == "enum" else str(arg)
         sentence = f"{where} {_RULE_TEXT[rule].format(shown)}, got {_show(value)}"
         hint = definition.get("description")
@@ -240,8 +227,16 @@ def _check(contract: str, doc: dict[str, Any], schema_dir: Path | None) -> Rejec
 def validate(
     contract: str, doc: Mapping[str, Any], *, schema_dir: Path | None = None
 ) -> Rejected | None:
-    """Check a document (typically one we are about to publish) against its contract."""
-    return _check(contract, doc if isinstance(doc, dict) else dict(doc), schema_dir)
+    """Check a document as it will look on the wire, typically just before publishing it.
+
+    The orjson round trip makes numpy scalars and oversized ints fail here rather than in
+    the producer, and NaN/infinity show up as the null they would be sent as.
+    """
+    try:
+        wire = orjson.loads(orjson.dumps(doc if isinstance(doc, dict) else dict(doc)))
+    except orjson.JSONEncodeError as err:
+        return Rejected(RejectReason.SCHEMA_VIOLATION, f"document is not JSON-encodable: {err}")
+    return _check(contract, wire, schema_dir)
 
 
 def decode_event(
@@ -276,12 +271,11 @@ def decode_event(
     try:
         doc = orjson.loads(text)
     except orjson.JSONDecodeError as err:
-        hint = "; remove the byte-order mark" if text.startswith("\ufeff") else ""
-        return Rejected(RejectReason.MALFORMED_JSON, f"payload is not valid JSON: {err}{hint}")
+        return Rejected(RejectReason.MALFORMED_JSON, f"payload is not valid JSON: {err}")
     if not isinstance(doc, dict):
         return Rejected(
             RejectReason.NOT_AN_OBJECT,
-            f"payload is {_json_kind(doc)}; a {contract} event must be a JSON object",
+            f"payload is {_show(doc)}; a {contract} event must be a JSON object",
         )
     if rejected := _check(contract, doc, schema_dir):
         return rejected
@@ -330,10 +324,11 @@ def dead_letter_record(
     detail = rejected.detail or rejected.reason.value
     if len(detail) + len(note) > _DETAIL_MAX:
         detail = detail[: _DETAIL_MAX - len(note) - 1] + "…"
-    if _is_utf8(data) and b"\x00" not in kept:  # "ignore" drops a character cut in half
-        payload, encoding = kept.decode("utf-8", "ignore"), "utf-8"
-    else:
-        payload, encoding = base64.b64encode(kept).decode("ascii"), "base64"
+    payload, encoding = base64.b64encode(kept).decode("ascii"), "base64"
+    with suppress(UnicodeDecodeError):
+        data.decode("utf-8")  # is it text at all?
+        if b"\x00" not in kept:  # "ignore" drops a character the truncation cut in half
+            payload, encoding = kept.decode("utf-8", "ignore"), "utf-8"
     # The key is only for humans here: keep it printable, storable and bounded.
     key_text = None if key is None else key.decode("utf-8", "backslashreplace")
     return {
@@ -347,11 +342,3 @@ def dead_letter_record(
         "detail": detail + note,
         "rejected_at": format_timestamp(now),
     }
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
