@@ -48,12 +48,22 @@ class Settings(BaseSettings):
     app_id: str = Field(default="bandit-stream", validation_alias="BANDIT_APP_ID")
     store: str = Field(default="memory://", validation_alias="BANDIT_STORE")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
-        default="exactly_once", validation_alias="BANDIT_PROCESSING_GUARANTEE"
+        default="at_least_once", validation_alias="BANDIT_PROCESSING_GUARANTEE"
     )
     commit_interval_s: float = Field(default=0.5, gt=0, validation_alias="BANDIT_COMMIT_INTERVAL_S")
     web_port: int = Field(default=6066, validation_alias="BANDIT_WEB_PORT")
     web_host: str = Field(default="127.0.0.1", validation_alias="BANDIT_WEB_HOST")
     log_level: str = Field(default="info", validation_alias="BANDIT_LOG_LEVEL")
+
+    # --- stages ---
+    batch_max: int = Field(default=500, ge=1, validation_alias="BANDIT_BATCH_MAX")
+    batch_within_s: float = Field(default=0.005, gt=0, validation_alias="BANDIT_BATCH_WITHIN_S")
+    weights_min_change: float = Field(
+        default=0.005, ge=0, validation_alias="BANDIT_WEIGHTS_MIN_CHANGE"
+    )
+    weights_min_interval_s: float = Field(
+        default=1.0, ge=0, validation_alias="BANDIT_WEIGHTS_MIN_INTERVAL_S"
+    )
 
     # --- input limits ---
     max_event_bytes: int = Field(default=65_536, ge=256, validation_alias="BANDIT_MAX_EVENT_BYTES")

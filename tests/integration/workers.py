@@ -75,6 +75,27 @@ class FaustWorker:
 
     _ready_seen = 1
 
+    def wait_http_ready(self, timeout: float = 90.0) -> None:
+        """The service's own readiness: replicas caught up, agents running."""
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited early ({self.proc.returncode}):\n"
+                                     + self.log_text()[-4000:])
+            try:
+                url = f"http://127.0.0.1:{self.web_port}/ready"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.3)
+        raise AssertionError("worker not ready in time:\n" + self.log_text()[-4000:])
+
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM and wait: returns the exit code (0 for a clean stop)."""
         if self.proc is None or self.proc.poll() is not None:

@@ -1,0 +1,129 @@
+"""The Faust application: three batched agents, the replicas, a timer and the web pages.
+
+Run it with `bandit-stream worker` (or `python -m faust -A streams.app worker`). Agents keep
+concurrency 1 (faust-streaming #606) and consume raw bytes: decoding and validation happen in
+the pure steps, so a bad record is dead-lettered instead of restarting an agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+import orjson
+
+from streams import metrics
+from streams.agents.decide import decide_batch
+from streams.agents.learn import Learner
+from streams.agents.replicas import run_replicas
+from streams.agents.track import track_batch
+from streams.runtime import Runtime, raw_event
+from streams.settings import get_settings
+from streams.topics import CONVERSIONS, EXPOSURES, SEGMENT_DELTAS, VISITS
+
+log = logging.getLogger("bandit_stream")
+settings = get_settings()
+runtime = Runtime(settings)
+
+app = faust.App(
+    settings.app_id,
+    broker=[f"kafka://{host.strip()}" for host in settings.bootstrap_servers.split(",")],
+    processing_guarantee=settings.processing_guarantee,
+    store=settings.store,
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication_factor,
+    broker_commit_interval=settings.commit_interval_s,
+    consumer_auto_offset_reset="earliest",
+    producer_acks=-1,
+    web_host=settings.web_host,
+    web_port=settings.web_port,
+)
+
+
+def _raw_topic(*names: str) -> faust.TopicT:
+    return app.topic(
+        *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+
+
+visits_topic = _raw_topic(runtime.topics[VISITS])
+tracked_topic = _raw_topic(runtime.topics[EXPOSURES], runtime.topics[CONVERSIONS])
+deltas_topic = _raw_topic(runtime.topics[SEGMENT_DELTAS])
+learner = Learner(runtime)
+
+
+def _bind_producer() -> None:
+    if runtime.send_raw is None:
+        producer = app.producer
+
+        async def send(topic: str, key: bytes | None, value: bytes) -> Any:
+            return await producer.send(topic, key, value, None, None, None)
+
+        runtime.send_raw = send
+
+
+@app.task
+async def replicas() -> None:
+    await run_replicas(runtime)
+
+
+@app.agent(visits_topic, concurrency=1)
+async def decide(stream: faust.StreamT[bytes]) -> None:
+    await runtime.replicas_ready.wait()
+    _bind_producer()
+    async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+        batch = [raw_event(e.message) for e in events]
+        await runtime.retrying("decide", lambda: decide_batch(runtime, batch))
+
+
+@app.agent(tracked_topic, concurrency=1)
+async def track(stream: faust.StreamT[bytes]) -> None:
+    await runtime.replicas_ready.wait()
+    _bind_producer()
+    async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+        batch = [raw_event(e.message) for e in events]
+        await runtime.retrying("track", lambda: track_batch(runtime, batch))
+
+
+@app.agent(deltas_topic, concurrency=1)
+async def learn(stream: faust.StreamT[bytes]) -> None:
+    await runtime.replicas_ready.wait()
+    _bind_producer()
+    async for events in stream.take_events(1000, within=0.05):
+        refs = set()
+        for event in events:
+            try:
+                doc = orjson.loads(event.message.value)
+                refs.add((str(doc["experiment_id"]), str(doc["segment_key"])))
+            except (ValueError, KeyError, TypeError):
+                log.error("malformed segment delta ignored at offset %s", event.message.offset)
+        await runtime.retrying("learn", lambda: learner.changed(refs))
+
+
+@app.timer(interval=max(0.2, settings.weights_min_interval_s))
+async def flush_deferred_weights() -> None:
+    """Publish the recomputations deferred by the rate limit (never raises)."""
+    if not runtime.replicas_ready.is_set() or runtime.send_raw is None:
+        return
+    try:
+        await learner.flush_pending()
+    except Exception:
+        log.exception("deferred weights recomputation failed; retried at the next tick")
+
+
+@app.page("/live")
+async def live(web: Any, request: Any) -> Any:
+    return web.json({"live": True})
+
+
+@app.page("/ready")
+async def ready(web: Any, request: Any) -> Any:
+    ok = runtime.replicas_ready.is_set() and not app.rebalancing
+    metrics.READY.set(1 if ok else 0)
+    return web.json({"ready": ok, "experiments": len(runtime.registry)}, status=200 if ok else 503)
+
+
+@app.page("/metrics")
+async def prometheus(web: Any, request: Any) -> Any:
+    return web.text(metrics.render().decode(), content_type="text/plain; version=0.0.4")

@@ -1,0 +1,293 @@
+"""Allocation policies, selectable by name per experiment.
+
+Every policy answers one question: given the counts of this visitor's segment
+and of the whole experiment, with which probability should each variant be
+shown? Thompson sampling answers with P(variant is best | data), computed
+exactly by quadrature (`weights.prob_best`), then floored so that no variant
+is starved.
+
+Policies differ only in which posterior they use:
+
+* ``uniform``: equal split, the benchmark baseline.
+* ``global``: the experiment's totals; ignores the segment.
+* ``segment``: the segment's own counts, warm-started from the rest of the
+  traffic at a small effective sample size; below `min_samples_per_segment`
+  the global posterior decides (hard switch).
+* ``pooled``: empirical-Bayes shrinkage. The segment's prior for each variant
+  is the rest-of-traffic rate, scaled by the segment's baseline, with a
+  strength derived from how much variant effects differ between segments
+  (`posterior.estimate_heterogeneity`). Segments move away from the global
+  answer exactly as fast as their own evidence outweighs that prior.
+
+`global_` counts are the experiment totals INCLUDING the segment; the
+segment's own counts are subtracted to form the "rest of traffic" prior so
+that no evidence is counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from streams.core.posterior import Counts, posterior_parameters
+from streams.core.weights import MIN_RELIABLE_PARAMETER, apply_floor, prob_best
+
+POLICY_NAMES = ("uniform", "global", "segment", "pooled")
+DEFAULT_POLICY = "pooled"
+SOURCES = ("segment", "pooled", "global", "uniform", "burn_in")
+
+EXPLORATION_PRESETS: Mapping[str, float] = {
+    "default": 1.0,
+    "aggressive": 0.5,
+    "conservative": 2.0,
+}
+"""Posterior tempering per preset: Beta(a, b) becomes Beta(t a, t b).
+
+The mean is unchanged and the variance is multiplied by about 1/t, i.e. the
+posterior behaves as if it had t times the evidence. ``aggressive`` (t = 0.5)
+explores more: the posterior is as wide as with half the data.
+``conservative`` (t = 2) explores less: it commits as if it had twice the
+data. ``default`` (t = 1) is plain Thompson sampling.
+"""
+
+BASELINE_PSEUDO_CONVERSIONS = 10.0
+"""Shrinks a segment's baseline ratio (observed / expected conversions) to 1
+as if 10 conversions had been observed exactly on the global rates, so a
+segment with a handful of visits does not get an extreme baseline."""
+
+_MIN_PRIOR_STRENGTH = 2.0
+_RATE_CLIP = 1e-6
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """Per-experiment policy knobs; validated on construction."""
+
+    exploration: str = "default"
+    floor: float = 0.01
+    burn_in: int = 0
+    discount: float = 1.0
+    holdout_share: float = 0.0
+    min_samples_per_segment: int = 100
+    warm_start_ess: float = 10.0
+    pooling_strength: float = 100.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.exploration not in EXPLORATION_PRESETS:
+            problems.append(
+                f"exploration must be one of {sorted(EXPLORATION_PRESETS)}, got {self.exploration!r}"
+            )
+        if not 0.0 <= self.floor < 0.5:
+            problems.append(f"floor must be in [0, 0.5) (and below 1/variants), got {self.floor!r}")
+        if self.burn_in < 0:
+            problems.append(f"burn_in must be >= 0 exposures, got {self.burn_in!r}")
+        if not 0.0 < self.discount <= 1.0:
+            problems.append(f"discount must be in (0, 1] (1 = no forgetting), got {self.discount!r}")
+        if not 0.0 <= self.holdout_share <= 0.5:
+            problems.append(f"holdout_share must be in [0, 0.5], got {self.holdout_share!r}")
+        if self.min_samples_per_segment < 0:
+            problems.append(
+                f"min_samples_per_segment must be >= 0, got {self.min_samples_per_segment!r}"
+            )
+        if not self.warm_start_ess > 0.0:
+            problems.append(f"warm_start_ess must be > 0, got {self.warm_start_ess!r}")
+        if not self.pooling_strength > 0.0:
+            problems.append(f"pooling_strength must be > 0, got {self.pooling_strength!r}")
+        if problems:
+            message = "invalid policy settings: " + "; ".join(problems)
+            raise ValueError(message)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> PolicySettings:
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            message = f"unknown policy settings {unknown}; known: {sorted(known)}"
+            raise ValueError(message)
+        return cls(**dict(values))
+
+    @property
+    def tempering(self) -> float:
+        return EXPLORATION_PRESETS[self.exploration]
+
+
+@dataclass(frozen=True, eq=False)
+class Allocation:
+    """Probabilities per variant (sum 1, each >= floor) and what decided them."""
+
+    probabilities: np.ndarray
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            message = f"allocation source must be one of {SOURCES}, got {self.source!r}"
+            raise ValueError(message)
+        probabilities = np.array(self.probabilities, dtype=float)
+        probabilities.flags.writeable = False
+        object.__setattr__(self, "probabilities", probabilities)
+
+
+class Policy(Protocol):
+    name: str
+    settings: PolicySettings
+    uses_heterogeneity: bool
+
+    def weights(
+        self, segment: Counts, global_: Counts, heterogeneity: float | None = None
+    ) -> Allocation:
+        """Allocation for a visitor of `segment` (`global_` = experiment totals).
+
+        `heterogeneity`: between-segment variance of variant effects from
+        `posterior.estimate_heterogeneity`, if the caller has it (pooled only).
+        """
+        ...
+
+
+def uniform_allocation(variants: int, source: str = "uniform") -> Allocation:
+    return Allocation(np.full(variants, 1.0 / variants), source)
+
+
+def _rest_of_traffic(segment: Counts, global_: Counts) -> tuple[np.ndarray, np.ndarray]:
+    exposures = np.maximum(global_.exposures - segment.exposures, 0.0)
+    conversions = np.clip(global_.conversions - segment.conversions, 0.0, exposures)
+    return exposures, conversions
+
+
+@dataclass(frozen=True)
+class _BasePolicy:
+    settings: PolicySettings
+    name: ClassVar[str] = ""
+    uses_heterogeneity: ClassVar[bool] = False
+
+    def weights(
+        self, segment: Counts, global_: Counts, heterogeneity: float | None = None
+    ) -> Allocation:
+        if segment.variants != global_.variants:
+            message = (
+                f"segment counts have {segment.variants} variants "
+                f"but global counts have {global_.variants}"
+            )
+            raise ValueError(message)
+        if heterogeneity is not None and not heterogeneity >= 0.0:
+            message = f"heterogeneity must be >= 0, got {heterogeneity!r}"
+            raise ValueError(message)
+        variants = segment.variants
+        if self.settings.floor * variants >= 1.0:
+            message = (
+                f"floor {self.settings.floor} is too high for {variants} variants "
+                f"(must be below 1/{variants})"
+            )
+            raise ValueError(message)
+        return self._allocate(segment, global_, heterogeneity)
+
+    def _allocate(
+        self, segment: Counts, global_: Counts, heterogeneity: float | None
+    ) -> Allocation:
+        raise NotImplementedError
+
+    def _thompson(
+        self, alpha: np.ndarray, beta: np.ndarray, used: Counts, source: str
+    ) -> Allocation:
+        """Floored P(best) of the tempered posterior, unless still burning in.
+
+        Parameters are kept >= `MIN_RELIABLE_PARAMETER` (0.1 pseudo-counts, only
+        ever reached by near-zero-rate variants) where the quadrature error is
+        guaranteed; the decision does not change measurably.
+        """
+        if self.settings.burn_in and float(used.exposures.min()) < self.settings.burn_in:
+            return uniform_allocation(alpha.size, "burn_in")
+        tempering = self.settings.tempering
+        probabilities = prob_best(
+            np.maximum(alpha * tempering, MIN_RELIABLE_PARAMETER),
+            np.maximum(beta * tempering, MIN_RELIABLE_PARAMETER),
+        )
+        return Allocation(apply_floor(probabilities, self.settings.floor), source)
+
+
+class UniformPolicy(_BasePolicy):
+    name = "uniform"
+
+    def _allocate(
+        self, segment: Counts, global_: Counts, heterogeneity: float | None
+    ) -> Allocation:
+        return uniform_allocation(segment.variants)
+
+
+class GlobalPolicy(_BasePolicy):
+    name = "global"
+
+    def _allocate(
+        self, segment: Counts, global_: Counts, heterogeneity: float | None
+    ) -> Allocation:
+        alpha, beta = posterior_parameters(global_)
+        return self._thompson(alpha, beta, global_, "global")
+
+
+class SegmentPolicy(_BasePolicy):
+    name = "segment"
+
+    def _allocate(
+        self, segment: Counts, global_: Counts, heterogeneity: float | None
+    ) -> Allocation:
+        if segment.total_exposures < self.settings.min_samples_per_segment:
+            alpha, beta = posterior_parameters(global_)
+            return self._thompson(alpha, beta, global_, "global")
+        rest_exposures, rest_conversions = _rest_of_traffic(segment, global_)
+        rest_mean = (1.0 + rest_conversions) / (2.0 + rest_exposures)
+        strength = np.minimum(self.settings.warm_start_ess, 2.0 + rest_exposures)
+        alpha, beta = posterior_parameters(
+            segment, strength * rest_mean, strength * (1.0 - rest_mean)
+        )
+        return self._thompson(alpha, beta, segment, "segment")
+
+
+class PooledPolicy(_BasePolicy):
+    name = "pooled"
+    uses_heterogeneity = True
+
+    def _allocate(
+        self, segment: Counts, global_: Counts, heterogeneity: float | None
+    ) -> Allocation:
+        rest_exposures, rest_conversions = _rest_of_traffic(segment, global_)
+        rest_rate = (1.0 + rest_conversions) / (2.0 + rest_exposures)
+        expected = float(segment.exposures @ rest_rate)
+        baseline = (segment.conversions.sum() + BASELINE_PSEUDO_CONVERSIONS) / (
+            expected + BASELINE_PSEUDO_CONVERSIONS
+        )
+        prior_mean = np.clip(baseline * rest_rate, _RATE_CLIP, 1.0 - _RATE_CLIP)
+        if heterogeneity is None:
+            strength = np.full(segment.variants, self.settings.pooling_strength)
+        elif heterogeneity == 0.0:
+            strength = np.full(segment.variants, np.inf)
+        else:
+            # Beta(m mu, m (1 - mu)) has sd nu * mu when m + 1 = (1 - mu) / (nu^2 mu).
+            strength = (1.0 - prior_mean) / (heterogeneity * prior_mean) - 1.0
+        # Never more confident than the evidence the prior is built from.
+        strength = np.clip(strength, _MIN_PRIOR_STRENGTH, 2.0 + rest_exposures)
+        alpha, beta = posterior_parameters(
+            segment, strength * prior_mean, strength * (1.0 - prior_mean)
+        )
+        return self._thompson(alpha, beta, global_, "pooled")
+
+
+_POLICIES: Mapping[str, type[_BasePolicy]] = {
+    policy.name: policy for policy in (UniformPolicy, GlobalPolicy, SegmentPolicy, PooledPolicy)
+}
+
+
+def make_policy(
+    name: str, settings: PolicySettings | Mapping[str, Any] | None = None
+) -> Policy:
+    """The policy called `name` (one of `POLICY_NAMES`) with validated settings."""
+    if name not in _POLICIES:
+        message = f"unknown policy {name!r}; choose one of {list(POLICY_NAMES)}"
+        raise ValueError(message)
+    if settings is None:
+        settings = PolicySettings()
+    elif not isinstance(settings, PolicySettings):
+        settings = PolicySettings.from_mapping(settings)
+    return _POLICIES[name](settings)

@@ -1,0 +1,174 @@
+"""The decide stage, pure: a visit → context → segment → weights → a deterministic decision.
+
+A decision is a function of the visit's event_id, the weights' version and (for sticky
+experiments) the visitor's last exposure, so that a visit replayed after a crash yields the
+same decision_id and, under the same weights, the same variant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from streams.contracts import RejectReason, format_timestamp, parse_timestamp
+from streams.core.context import extract_context
+from streams.core.segments import segment_key
+from streams.experiments import Experiment, ExperimentRegistry
+from streams.pipeline.events import Limits, RawEvent, RecentIds, Reject, decode, reject
+from streams.pipeline.weights import WeightsReplica, uniform
+
+
+@dataclass(frozen=True)
+class Visit:
+    """A valid visit of a running experiment, with its segment."""
+
+    event: RawEvent
+    event_id: str
+    visitor_id: str
+    experiment: Experiment
+    segment_key: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class StickyAssignment:
+    """The variant a visitor was last shown in an experiment (from the exposure log)."""
+
+    variant_id: str
+    segment_key: str
+
+
+def prepare_visits(
+    events: Sequence[RawEvent],
+    registry: ExperimentRegistry,
+    limits: Limits,
+    now: datetime,
+    recent: RecentIds,
+) -> tuple[list[Visit], list[Reject]]:
+    """Validate visits; refuse what cannot be decided, with a reason a person can act on."""
+    visits: list[Visit] = []
+    rejects: list[Reject] = []
+    for event in events:
+        doc = decode("visits", event, limits, now)
+        if isinstance(doc, Reject):
+            rejects.append(doc)
+            continue
+        experiment = registry.get(doc["experiment_id"])
+        refused = _refuse_experiment(event, doc["experiment_id"], experiment)
+        if refused is not None:
+            rejects.append(refused)
+            continue
+        assert experiment is not None
+        if recent.seen_before(doc["event_id"], event):
+            rejects.append(reject(event, RejectReason.DUPLICATE_EVENT,
+                                  f"visit event_id {doc['event_id']!r} was already processed; "
+                                  "producers must give every visit its own event_id"))
+            continue
+        features = extract_context(doc.get("context") or {}, parse_timestamp(doc["occurred_at"]))
+        visits.append(Visit(
+            event=event,
+            event_id=doc["event_id"],
+            visitor_id=doc["visitor_id"],
+            experiment=experiment,
+            segment_key=segment_key(features, experiment.context_features),
+            occurred_at=parse_timestamp(doc["occurred_at"]),
+        ))
+    return visits, rejects
+
+
+def _refuse_experiment(
+    event: RawEvent, experiment_id: str, experiment: Experiment | None
+) -> Reject | None:
+    if experiment is None:
+        return reject(event, RejectReason.UNKNOWN_EXPERIMENT,
+                      f"experiment {experiment_id!r} is not defined; create it with "
+                      "`bandit-stream experiment create` before sending its events")
+    if experiment.status != "running":
+        return reject(event, RejectReason.EXPERIMENT_NOT_RUNNING,
+                      f"experiment {experiment_id!r} is {experiment.status}; only running "
+                      "experiments take events")
+    return None
+
+
+def decision_id(experiment_id: str, event_id: str) -> str:
+    """Stable in the visit: a replayed visit gets the same id (consumers dedupe by it)."""
+    digest = hashlib.blake2b(f"{experiment_id}\x1f{event_id}".encode(), digest_size=16)
+    return digest.hexdigest()
+
+
+def _uniform_draw(experiment_id: str, event_id: str, salt: str) -> float:
+    digest = hashlib.blake2b(f"{salt}\x1f{experiment_id}\x1f{event_id}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") / 2**64
+
+
+def in_holdout(experiment: Experiment, visitor_id: str) -> bool:
+    """A stable share of visitors always gets the uniform split (bandit vs A/B, honestly)."""
+    if experiment.holdout_share <= 0:
+        return False
+    return _uniform_draw(experiment.experiment_id, visitor_id, "holdout") < (
+        experiment.holdout_share
+    )
+
+
+def decide(
+    visit: Visit,
+    weights: WeightsReplica,
+    sticky: StickyAssignment | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The decision document for one visit (schemas/decisions.schema.json)."""
+    experiment = visit.experiment
+    variant_ids = experiment.variant_ids
+    version = 0
+    if sticky is not None and experiment.sticky and experiment.index_of(sticky.variant_id) is not None:
+        variant, propensity, source = sticky.variant_id, 1.0, "sticky"
+    else:
+        found = weights.lookup(experiment.experiment_id, visit.segment_key)
+        if in_holdout(experiment, visit.visitor_id):
+            probs, cumulative, source = None, None, "holdout"
+        elif found is None or found[0].variant_ids != variant_ids:
+            probs, cumulative, source = None, None, "uniform"
+        else:
+            entry, own_segment = found
+            probs, cumulative, version = entry.probabilities, entry.cumulative, entry.version
+            source = entry.source if own_segment else "global"
+        if probs is None or cumulative is None:
+            probs = uniform(len(variant_ids))
+            cumulative = tuple((i + 1) / len(variant_ids) for i in range(len(variant_ids)))
+        u = _uniform_draw(experiment.experiment_id, visit.event_id, "variant")
+        index = min(bisect_right(cumulative, u), len(variant_ids) - 1)
+        variant, propensity = variant_ids[index], probs[index]
+    return {
+        "decision_id": decision_id(experiment.experiment_id, visit.event_id),
+        "event_id": visit.event_id,
+        "experiment_id": experiment.experiment_id,
+        "visitor_id": visit.visitor_id,
+        "variant_id": variant,
+        "segment_key": visit.segment_key,
+        "propensity": propensity,
+        "source": source,
+        "weights_version": version,
+        "decided_at": format_timestamp(now),
+    }
+
+
+def sticky_keys(visits: Sequence[Visit]) -> list[tuple[str, str]]:
+    """(experiment_id, visitor_id) of the visits whose experiment is sticky."""
+    return sorted({(v.experiment.experiment_id, v.visitor_id) for v in visits
+                   if v.experiment.sticky})
+
+
+def decide_all(
+    visits: Sequence[Visit],
+    weights: WeightsReplica,
+    sticky: Mapping[tuple[str, str], StickyAssignment],
+    now: datetime,
+) -> list[dict[str, Any]]:
+    return [
+        decide(v, weights, sticky.get((v.experiment.experiment_id, v.visitor_id)), now)
+        for v in visits
+    ]
