@@ -31,13 +31,6 @@ CREATE TABLE variant_segment_state (
     CHECK (conversions <= exposures)
 );
 
--- Conversions that could not be attributed to an exposure, counted by reason.
-CREATE TABLE unattributed_conversions (
-    experiment_id text NOT NULL,
-    reason        text NOT NULL,
-    conversions   bigint NOT NULL DEFAULT 0,
-    PRIMARY KEY (experiment_id, reason)
-);
 
 -- The last offset of each input partition whose effects are in this database, per stage.
 CREATE TABLE consumer_watermarks (

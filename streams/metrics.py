@@ -17,6 +17,11 @@ REPLAYED = Counter(
     ["stage"],
     registry=REGISTRY,
 )
+CONVERSIONS_WAITING = Counter(
+    "bandit_conversions_waiting_total",
+    "Conversions parked because no exposure in their window was known yet",
+    registry=REGISTRY,
+)
 DECISION_LATENCY = Histogram(
     "bandit_decision_latency_seconds",
     "From the visit's Kafka timestamp to its decision being sent",

@@ -32,11 +32,14 @@ async def track_batch(rt: Runtime, batch: Sequence[RawEvent]) -> None:
         new = await tx.insert_exposures(exposures)
         refused: list[Reject] = rejects + duplicates
         refused += [duplicate_exposure(e) for e in exposures if e.decision_id not in new]
+        conversions = await tx.unpark_conversions(sorted(tx.exposed_pairs)) + conversions
         pairs = sorted({(c.experiment_id, c.visitor_id) for c in conversions})
         candidates = await tx.exposure_candidates(pairs)
-        attributed, conversion_rejects, unattributable = attribute(conversions, candidates)
+        attributed, conversion_rejects, waiting = attribute(conversions, candidates)
         refused += conversion_rejects
-        await tx.record_conversions(attributed, unattributable)
+        await tx.record_conversions(attributed)
+        await tx.park_conversions(waiting)
+        metrics.CONVERSIONS_WAITING.inc(len(waiting))
         changed = tx.changed_segments()
         changed |= {(experiment_id, GLOBAL_SEGMENT) for experiment_id, _ in changed}
         # sent before the commit: a crash in between re-sends them (idempotent), never loses

@@ -79,6 +79,25 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Create missing topics, then hand over to faust's worker (it owns signals and exit)."""
+    from streams.admin import ensure_topics
+
+    asyncio.run(ensure_topics(settings))
+    from streams.app import app
+
+    argv = ["worker", "-l", settings.log_level, "--web-host", settings.web_host,
+            "--web-port", str(settings.web_port)]
+    app.main(argv)
+    return 0
+
+
+def _experiment(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.cli import experiment
+
+    return experiment.main(args, settings)
+
+
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     if args.bench == "policies":
         from streams.bench import policies
@@ -113,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the live demo of the whole pipeline")
     demo.set_defaults(handler=_check)
+
+    worker = commands.add_parser("worker", help="run a worker of the pipeline (faust)")
+    worker.set_defaults(handler=_worker)
+
+    experiment = commands.add_parser("experiment", help="define and control experiments")
+    from streams.cli.experiment import add_arguments as experiment_arguments
+
+    experiment_arguments(experiment)
+    experiment.set_defaults(handler=_experiment)
 
     bench = commands.add_parser("bench", help="benchmarks that print a table")
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")

@@ -32,7 +32,13 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from streams.core.posterior import Counts, posterior_parameters
+from streams.core.posterior import (
+    Counts,
+    PoolingEstimate,
+    posterior_parameters,
+    prior_strength,
+    segment_baseline,
+)
 from streams.core.weights import MIN_RELIABLE_PARAMETER, apply_floor, prob_best
 
 POLICY_NAMES = ("uniform", "global", "segment", "pooled")
@@ -52,11 +58,6 @@ explores more: the posterior is as wide as with half the data.
 ``conservative`` (t = 2) explores less: it commits as if it had twice the
 data. ``default`` (t = 1) is plain Thompson sampling.
 """
-
-BASELINE_PSEUDO_CONVERSIONS = 10.0
-"""Shrinks a segment's baseline ratio (observed / expected conversions) to 1
-as if 10 conversions had been observed exactly on the global rates, so a
-segment with a handful of visits does not get an extreme baseline."""
 
 _MIN_PRIOR_STRENGTH = 2.0
 _RATE_CLIP = 1e-6
@@ -134,10 +135,10 @@ class Allocation:
 class Policy(Protocol):
     name: str
     settings: PolicySettings
-    uses_heterogeneity: bool
+    uses_pooling: bool
 
     def weights(
-        self, segment: Counts, global_: Counts, heterogeneity: float | None = None
+        self, segment: Counts, global_: Counts, pooling: PoolingEstimate | None = None
     ) -> Allocation:
         """Allocation for a visitor of `segment` (`global_` = experiment totals).
 
@@ -161,10 +162,10 @@ def _rest_of_traffic(segment: Counts, global_: Counts) -> tuple[np.ndarray, np.n
 class _BasePolicy:
     settings: PolicySettings
     name: ClassVar[str] = ""
-    uses_heterogeneity: ClassVar[bool] = False
+    uses_pooling: ClassVar[bool] = False
 
     def weights(
-        self, segment: Counts, global_: Counts, heterogeneity: float | None = None
+        self, segment: Counts, global_: Counts, pooling: PoolingEstimate | None = None
     ) -> Allocation:
         if segment.variants != global_.variants:
             message = (
@@ -172,8 +173,11 @@ class _BasePolicy:
                 f"but global counts have {global_.variants}"
             )
             raise ValueError(message)
-        if heterogeneity is not None and not heterogeneity >= 0.0:
-            message = f"heterogeneity must be >= 0, got {heterogeneity!r}"
+        if pooling is not None and pooling.variant_rates.size != segment.variants:
+            message = (
+                f"pooling estimate has {pooling.variant_rates.size} variants "
+                f"but the counts have {segment.variants}"
+            )
             raise ValueError(message)
         variants = segment.variants
         if self.settings.floor * variants >= 1.0:
@@ -182,10 +186,10 @@ class _BasePolicy:
                 f"(must be below 1/{variants})"
             )
             raise ValueError(message)
-        return self._allocate(segment, global_, heterogeneity)
+        return self._allocate(segment, global_, pooling)
 
     def _allocate(
-        self, segment: Counts, global_: Counts, heterogeneity: float | None
+        self, segment: Counts, global_: Counts, pooling: PoolingEstimate | None
     ) -> Allocation:
         raise NotImplementedError
 
@@ -212,7 +216,7 @@ class UniformPolicy(_BasePolicy):
     name = "uniform"
 
     def _allocate(
-        self, segment: Counts, global_: Counts, heterogeneity: float | None
+        self, segment: Counts, global_: Counts, pooling: PoolingEstimate | None
     ) -> Allocation:
         return uniform_allocation(segment.variants)
 
@@ -221,7 +225,7 @@ class GlobalPolicy(_BasePolicy):
     name = "global"
 
     def _allocate(
-        self, segment: Counts, global_: Counts, heterogeneity: float | None
+        self, segment: Counts, global_: Counts, pooling: PoolingEstimate | None
     ) -> Allocation:
         alpha, beta = posterior_parameters(global_)
         return self._thompson(alpha, beta, global_, "global")
@@ -231,7 +235,7 @@ class SegmentPolicy(_BasePolicy):
     name = "segment"
 
     def _allocate(
-        self, segment: Counts, global_: Counts, heterogeneity: float | None
+        self, segment: Counts, global_: Counts, pooling: PoolingEstimate | None
     ) -> Allocation:
         if segment.total_exposures < self.settings.min_samples_per_segment:
             alpha, beta = posterior_parameters(global_)
@@ -247,25 +251,22 @@ class SegmentPolicy(_BasePolicy):
 
 class PooledPolicy(_BasePolicy):
     name = "pooled"
-    uses_heterogeneity = True
+    uses_pooling = True
 
     def _allocate(
-        self, segment: Counts, global_: Counts, heterogeneity: float | None
+        self, segment: Counts, global_: Counts, pooling: PoolingEstimate | None
     ) -> Allocation:
         rest_exposures, rest_conversions = _rest_of_traffic(segment, global_)
-        rest_rate = (1.0 + rest_conversions) / (2.0 + rest_exposures)
-        expected = float(segment.exposures @ rest_rate)
-        baseline = (segment.conversions.sum() + BASELINE_PSEUDO_CONVERSIONS) / (
-            expected + BASELINE_PSEUDO_CONVERSIONS
-        )
-        prior_mean = np.clip(baseline * rest_rate, _RATE_CLIP, 1.0 - _RATE_CLIP)
-        if heterogeneity is None:
-            strength = np.full(segment.variants, self.settings.pooling_strength)
-        elif heterogeneity == 0.0:
-            strength = np.full(segment.variants, np.inf)
+        if pooling is None:
+            variant_rates = (1.0 + rest_conversions) / (2.0 + rest_exposures)
         else:
-            # Beta(m mu, m (1 - mu)) has sd nu * mu when m + 1 = (1 - mu) / (nu^2 mu).
-            strength = (1.0 - prior_mean) / (heterogeneity * prior_mean) - 1.0
+            variant_rates = pooling.variant_rates
+        baseline = segment_baseline(segment, variant_rates)
+        prior_mean = np.clip(baseline * variant_rates, _RATE_CLIP, 1.0 - _RATE_CLIP)
+        if pooling is None:
+            strength = np.full(segment.variants, self.settings.pooling_strength)
+        else:
+            strength = prior_strength(prior_mean, pooling.heterogeneity)
         # Never more confident than the evidence the prior is built from.
         strength = np.clip(strength, _MIN_PRIOR_STRENGTH, 2.0 + rest_exposures)
         alpha, beta = posterior_parameters(

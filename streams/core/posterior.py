@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import special
 
 DEFAULT_PRIOR_ALPHA = 1.0
 DEFAULT_PRIOR_BETA = 1.0
@@ -184,44 +185,93 @@ def posterior_mean(counts: Counts) -> np.ndarray:
     return np.asarray(alpha / (alpha + beta))
 
 
-def estimate_heterogeneity(segments: Iterable[Counts]) -> float:
-    """Empirical-Bayes estimate of how much variant effects differ by segment.
+HETEROGENEITY_GRID = np.logspace(-4.0, 0.0, 17)
+"""Candidate nu^2 (variance of relative variant effects across segments):
+nu from 1 % to 100 %, a flat prior on log nu^2."""
 
-    Model: in segment s, variant i converts at baseline_s * rate_i * (1 + d_si)
-    with independent d_si of variance nu^2. Segment baselines (mobile converts
-    less than desktop) are NOT heterogeneity: they are fitted per segment
-    (observed / expected conversions) and removed. The returned nu^2 is the
-    method-of-moments estimate: excess of the squared residuals over binomial
-    noise, both corrected for the fitted baseline (leverage h = share of the
-    segment's expected conversions), divided by the squared expectations.
-    0.0 means "no evidence that segments differ" (including too little data).
+BASELINE_PSEUDO_CONVERSIONS = 10.0
+"""A segment's baseline (observed / expected conversions) is shrunk to 1 as if
+10 conversions had been observed exactly at the expected rates, so a segment
+with a handful of visits gets no extreme baseline."""
+
+_FIT_ITERATIONS = 12
+_RATE_CLIP = 1e-6
+
+
+@dataclass(frozen=True, eq=False)
+class PoolingEstimate:
+    """What all segments together say about each variant, for the pooled policy.
+
+    `variant_rates`: each variant's rate with segment baselines factored out
+    (for a segment of average baseline), so a variant shown mostly to
+    low-converting segments is not mistaken for a bad variant (Simpson).
+    `heterogeneity`: nu^2, the variance of a variant's relative effect from
+    segment to segment beyond what the baselines explain.
+    """
+
+    variant_rates: np.ndarray
+    heterogeneity: float
+
+
+def segment_baseline(counts: Counts, variant_rates: np.ndarray) -> float:
+    """Observed / expected conversions of a segment, shrunk toward 1."""
+    expected = float(counts.exposures @ variant_rates)
+    observed = float(counts.conversions.sum())
+    return (observed + BASELINE_PSEUDO_CONVERSIONS) / (expected + BASELINE_PSEUDO_CONVERSIONS)
+
+
+def estimate_pooling(segments: Iterable[Counts]) -> PoolingEstimate:
+    """Empirical-Bayes summary of all segments of one experiment.
+
+    Fits rate(segment s, variant i) = baseline_s * rate_i by alternating
+    updates (iterative proportional fitting, Beta(1, 1) pseudo-counts per
+    variant, baselines shrunk as in `segment_baseline` and normalised to a
+    traffic-weighted mean of 1). Then nu^2 is the posterior median over
+    `HETEROGENEITY_GRID` of the beta-binomial marginal likelihood in which
+    each cell's rate is Beta with mean baseline_s * rate_i and relative sd nu.
+    A likelihood (unlike moment estimators) stays valid when the data were
+    collected adaptively by the bandit itself.
     """
     rows = list(segments)
-    if len(rows) < 2:
-        return 0.0
-    return heterogeneity_from_arrays(
+    if not rows:
+        message = "need at least one segment to estimate pooling"
+        raise ValueError(message)
+    return pooling_from_arrays(
         np.stack([row.exposures for row in rows]), np.stack([row.conversions for row in rows])
     )
 
 
-def heterogeneity_from_arrays(exposures: np.ndarray, conversions: np.ndarray) -> float:
-    """`estimate_heterogeneity` on trusted (segments x variants) arrays, for hot loops."""
-    if exposures.shape[0] < 2:
-        return 0.0
+def prior_strength(mean: np.ndarray, heterogeneity: float) -> np.ndarray:
+    """m such that Beta(m mean, m (1 - mean)) has sd sqrt(heterogeneity) * mean."""
+    with np.errstate(divide="ignore"):
+        return np.asarray((1.0 - mean) / (heterogeneity * mean) - 1.0)
+
+
+def pooling_from_arrays(exposures: np.ndarray, conversions: np.ndarray) -> PoolingEstimate:
+    """`estimate_pooling` on trusted (segments x variants) arrays, for hot loops."""
+    traffic = exposures.sum(axis=1)
+    total = float(traffic.sum())
+    traffic_share = traffic / total if total > 0 else np.full(traffic.size, 1.0 / traffic.size)
+    observed = conversions.sum(axis=1)
+    baseline = np.ones(traffic.size)
     rates = (1.0 + conversions.sum(axis=0)) / (2.0 + exposures.sum(axis=0))
-    expected = exposures * rates
-    expected_per_segment = expected.sum(axis=1, keepdims=True)
-    safe_expected = np.where(expected_per_segment > 0, expected_per_segment, 1.0)
-    ratio = np.where(
-        expected_per_segment > 0, conversions.sum(axis=1, keepdims=True) / safe_expected, 1.0
-    )
-    leverage = expected / safe_expected
-    fitted_rate = np.clip(ratio * rates, 0.0, 1.0)
-    fitted = exposures * fitted_rate
-    residual = float(((conversions - fitted) ** 2).sum())
-    noise = float((fitted * (1.0 - fitted_rate) * (1.0 - leverage)).sum())
-    spread = 1.0 - 2.0 * leverage + (leverage**2).sum(axis=1, keepdims=True)
-    signal_scale = float((fitted**2 * spread).sum())
-    if signal_scale <= 0.0:
-        return 0.0
-    return max(0.0, (residual - noise) / signal_scale)
+    for _ in range(_FIT_ITERATIONS):
+        expected = exposures @ rates
+        baseline = (observed + BASELINE_PSEUDO_CONVERSIONS) / (
+            expected + BASELINE_PSEUDO_CONVERSIONS
+        )
+        baseline /= float(traffic_share @ baseline)
+        rates = (1.0 + conversions.sum(axis=0)) / (2.0 + baseline @ exposures)
+    seen = exposures > 0
+    if not seen.any():
+        return PoolingEstimate(rates, float(np.median(HETEROGENEITY_GRID)))
+    mean = np.clip(np.outer(baseline, rates)[seen], _RATE_CLIP, 1.0 - _RATE_CLIP)
+    n = exposures[seen]
+    c = conversions[seen]
+    strength = np.maximum(prior_strength(mean, HETEROGENEITY_GRID[:, None]), 1e-3)
+    a = strength * mean
+    b = strength * (1.0 - mean)
+    log_likelihood = (special.betaln(c + a, n - c + b) - special.betaln(a, b)).sum(axis=1)
+    posterior = np.exp(log_likelihood - log_likelihood.max())
+    mean_heterogeneity = float(posterior @ HETEROGENEITY_GRID / posterior.sum())
+    return PoolingEstimate(rates, mean_heterogeneity)

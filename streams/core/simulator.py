@@ -8,8 +8,8 @@ each segment's best variant takes over its traffic.
 
 Like the production pipeline, weights are recomputed rate-limited: a
 segment's weights after every `refresh_every` (default 10) of its visits,
-and only if the counts changed since; the pooled policy's heterogeneity
-estimate every 100 visits. Posteriors are updated every `update_every` visits
+and only if the counts changed since; the pooled policy's `PoolingEstimate`
+(all segments) every 100 visits. Posteriors are updated every `update_every` visits
 of the scenario (1 normally, 500 in `delayed`).
 """
 
@@ -21,9 +21,9 @@ import numpy as np
 
 from streams.core.decide import CumulativeWeights
 from streams.core.policies import Policy
-from streams.core.posterior import Counts, heterogeneity_from_arrays
+from streams.core.posterior import Counts, PoolingEstimate, pooling_from_arrays
 
-HETEROGENEITY_REFRESH_VISITS = 100
+POOLING_REFRESH_VISITS = 100
 BEST_SHARE_WINDOW = 100
 """visits_to_95 looks at the mean allocation to the best variant over a
 segment's last 100 visits."""
@@ -69,6 +69,7 @@ class Scenario:
 @dataclass(frozen=True, eq=False)
 class SimulationResult:
     regret: float
+    regret_by_segment: np.ndarray
     expected_conversions: float
     uniform_conversions: float
     conversions: int
@@ -131,8 +132,8 @@ def simulate(
     cached: list[CumulativeWeights | None] = [None] * segments
     cached_version = [-1] * segments
     visits_since_refresh = [0] * segments
-    heterogeneity = 0.0
-    heterogeneity_visit = -HETEROGENEITY_REFRESH_VISITS
+    pooling: PoolingEstimate | None = None
+    pooling_visit = -POOLING_REFRESH_VISITS
     computations = 0
 
     window = [[0.0] * BEST_SHARE_WINDOW for _ in range(segments)]
@@ -144,6 +145,7 @@ def simulate(
     best_share_over_time: list[list[float]] = []
 
     regret = expected = uniform_expected = 0.0
+    regret_by_segment = [0.0] * segments
     realised = best_chosen = 0
 
     def record(segment: int, variant: int, converted: bool) -> None:
@@ -172,15 +174,13 @@ def simulate(
             visits_since_refresh[segment] >= refresh_every
             and cached_version[segment] != data_version
         ):
-            if policy.uses_heterogeneity and (
-                visit - heterogeneity_visit >= HETEROGENEITY_REFRESH_VISITS
-            ):
-                heterogeneity = heterogeneity_from_arrays(exposures, conversions)
-                heterogeneity_visit = visit
+            if policy.uses_pooling and visit - pooling_visit >= POOLING_REFRESH_VISITS:
+                pooling = pooling_from_arrays(exposures, conversions)
+                pooling_visit = visit
             allocation = policy.weights(
                 Counts(exposures[segment], conversions[segment]),
                 Counts(total_exposures, total_conversions),
-                heterogeneity if policy.uses_heterogeneity else None,
+                pooling,
             )
             weights = CumulativeWeights.from_probabilities(allocation.probabilities)
             cached[segment] = weights
@@ -195,6 +195,7 @@ def simulate(
         row = rates[segment]
         best_variant = best[segment]
         regret += row[best_variant] - row[variant]
+        regret_by_segment[segment] += row[best_variant] - row[variant]
         expected += row[variant]
         uniform_expected += mean_rate[segment]
         converted = conversion_draws[visit] < row[variant]
@@ -234,6 +235,7 @@ def simulate(
 
     return SimulationResult(
         regret=regret,
+        regret_by_segment=np.asarray(regret_by_segment),
         expected_conversions=expected,
         uniform_conversions=uniform_expected,
         conversions=realised,

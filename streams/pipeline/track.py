@@ -109,15 +109,17 @@ def prepare_track(
 def attribute(
     conversions: Sequence[Conversion],
     candidates: Mapping[tuple[str, str], list[ExposureRecord]],
-) -> tuple[list[Attributed], list[Reject], dict[str, int]]:
+) -> tuple[list[Attributed], list[Reject], list[Conversion]]:
     """Attribute conversions (in order) to exposures; mutates the candidates it converts.
 
-    Returns the attributed ones, the refused ones (duplicates, unattributable) and the count
-    of unattributable conversions per experiment.
+    Returns the attributed conversions, the refused ones (a duplicate event, or an exposure
+    that already has its conversion) and the waiting ones: no exposure in the window yet.
+    Waiting is not refusing: when a backlog is replayed, a conversion can be read before
+    the exposure it follows, so it waits (pending_conversions) for its exposure.
     """
     attributed: list[Attributed] = []
     rejects: list[Reject] = []
-    unattributable: dict[str, int] = {}
+    waiting: list[Conversion] = []
     for conversion in conversions:
         exposures = candidates.get((conversion.experiment_id, conversion.visitor_id), [])
         if any(e.conversion_event_id == conversion.event_id for e in exposures):
@@ -128,20 +130,17 @@ def attribute(
         target = next((e for e in sorted(exposures, key=lambda e: e.exposed_at, reverse=True)
                        if e.exposed_at <= conversion.occurred_at <= e.exposed_at
                        + conversion.window), None)
-        if target is None or target.conversion_event_id is not None:
-            why = ("its exposure already has a conversion (at most one per exposure)"
-                   if target is not None else
-                   "the visitor has no exposure in this experiment within the attribution "
-                   f"window ({int(conversion.window.total_seconds())} s) before it")
+        if target is None:
+            waiting.append(conversion)
+        elif target.conversion_event_id is not None:
             rejects.append(reject(conversion.event, RejectReason.UNATTRIBUTABLE,
-                                  f"conversion {conversion.event_id!r} is not counted: {why}"))
-            unattributable[conversion.experiment_id] = (
-                unattributable.get(conversion.experiment_id, 0) + 1
-            )
-            continue
-        target.conversion_event_id = conversion.event_id
-        attributed.append(Attributed(conversion, target))
-    return attributed, rejects, unattributable
+                                  f"conversion {conversion.event_id!r} is not counted: its "
+                                  "exposure already has a conversion (at most one per "
+                                  "exposure)"))
+        else:
+            target.conversion_event_id = conversion.event_id
+            attributed.append(Attributed(conversion, target))
+    return attributed, rejects, waiting
 
 
 def dedupe_exposures(exposures: Sequence[Exposure]) -> tuple[list[Exposure], list[Reject]]:

@@ -13,12 +13,13 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import asyncpg
 
 from streams.pipeline.decide import StickyAssignment
 from streams.pipeline.events import RawEvent
-from streams.pipeline.track import Attributed, Exposure, ExposureRecord
+from streams.pipeline.track import Attributed, Conversion, Exposure, ExposureRecord
 
 CountKey = tuple[str, str, str]  # experiment_id, segment_key, variant_id
 
@@ -31,6 +32,7 @@ class TrackBatch:
     fresh: list[RawEvent]
     deltas: dict[CountKey, list[float]] = field(default_factory=lambda: defaultdict(
         lambda: [0, 0, 0.0]))
+    exposed_pairs: set[tuple[str, str]] = field(default_factory=set)
 
     async def insert_exposures(self, exposures: Sequence[Exposure]) -> set[str]:
         """Insert into the exposure log; return the decision ids that were new."""
@@ -43,7 +45,7 @@ class TrackBatch:
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                                  $6::text[], $7::timestamptz[])
             ON CONFLICT (decision_id) DO NOTHING
-            RETURNING decision_id, experiment_id, segment_key, variant_id
+            RETURNING decision_id, experiment_id, visitor_id, segment_key, variant_id
             """,
             [e.decision_id for e in exposures], [e.experiment_id for e in exposures],
             [e.visitor_id for e in exposures], [e.variant_id for e in exposures],
@@ -52,6 +54,7 @@ class TrackBatch:
         )
         for row in rows:
             self.deltas[(row["experiment_id"], row["segment_key"], row["variant_id"])][0] += 1
+            self.exposed_pairs.add((row["experiment_id"], row["visitor_id"]))
         return {row["decision_id"] for row in rows}
 
     async def exposure_candidates(
@@ -79,9 +82,7 @@ class TrackBatch:
             ))
         return found
 
-    async def record_conversions(
-        self, attributed: Sequence[Attributed], unattributable: dict[str, int]
-    ) -> None:
+    async def record_conversions(self, attributed: Sequence[Attributed]) -> None:
         if attributed:
             await self.conn.execute(
                 """
@@ -102,17 +103,50 @@ class TrackBatch:
             delta = self.deltas[(exp, a.exposure.segment_key, a.exposure.variant_id)]
             delta[1] += 1
             delta[2] += a.conversion.value or 0.0
-        if unattributable:
-            await self.conn.executemany(
-                """
-                INSERT INTO unattributed_conversions (experiment_id, reason, conversions)
-                VALUES ($1, 'no_exposure_in_window', $2)
-                ON CONFLICT (experiment_id, reason)
-                DO UPDATE SET conversions = unattributed_conversions.conversions
-                                            + EXCLUDED.conversions
-                """,
-                list(unattributable.items()),
+
+    async def park_conversions(self, waiting: Sequence[Conversion]) -> None:
+        """Conversions with no exposure yet wait for it (and are reported while they wait)."""
+        if not waiting:
+            return
+        await self.conn.execute(
+            """
+            INSERT INTO pending_conversions (event_id, experiment_id, visitor_id, occurred_at,
+                                             value, window_seconds, source_topic, partition,
+                                             source_offset, payload)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
+                                 $5::float8[], $6::int[], $7::text[], $8::int[], $9::bigint[],
+                                 $10::bytea[])
+            ON CONFLICT (event_id) DO NOTHING
+            """,
+            [c.event_id for c in waiting], [c.experiment_id for c in waiting],
+            [c.visitor_id for c in waiting], [c.occurred_at for c in waiting],
+            [c.value for c in waiting], [int(c.window.total_seconds()) for c in waiting],
+            [c.event.topic for c in waiting], [c.event.partition for c in waiting],
+            [c.event.offset for c in waiting], [c.event.value for c in waiting],
+        )
+
+    async def unpark_conversions(self, pairs: Sequence[tuple[str, str]]) -> list[Conversion]:
+        """Take the waiting conversions of these (experiment, visitor) pairs back out."""
+        if not pairs:
+            return []
+        rows = await self.conn.fetch(
+            """
+            DELETE FROM pending_conversions p
+            USING unnest($1::text[], $2::text[]) AS k(experiment_id, visitor_id)
+            WHERE p.experiment_id = k.experiment_id AND p.visitor_id = k.visitor_id
+            RETURNING p.*
+            """,
+            [k[0] for k in pairs], [k[1] for k in pairs],
+        )
+        return [
+            Conversion(
+                RawEvent(r["source_topic"], r["partition"], r["source_offset"], None,
+                         r["payload"]),
+                r["event_id"], r["experiment_id"], r["visitor_id"], r["occurred_at"],
+                r["value"], timedelta(seconds=r["window_seconds"]),
             )
+            for r in sorted(rows, key=lambda r: r["occurred_at"])
+        ]
 
     async def _flush_counts(self) -> None:
         if not self.deltas:

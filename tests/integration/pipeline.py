@@ -150,3 +150,40 @@ async def read(
     finally:
         await consumer.stop()
     return docs
+
+
+def synthetic_exposures(
+    experiment_id: str, segments: list[str], variants: list[str], n: int, seed: int
+) -> list[dict[str, Any]]:
+    """n exposures spread over segments and variants, each its own decision and visitor."""
+    import random
+
+    rng = random.Random(seed)
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    return [
+        {
+            "event_id": f"x-{seed}-{i}",
+            "experiment_id": experiment_id,
+            "visitor_id": f"visitor-{seed}-{i}",
+            "variant_id": variants[i % len(variants)],
+            "decision_id": f"d-{seed}-{i}",
+            "segment_key": segments[rng.randrange(len(segments))],
+            "occurred_at": format_timestamp(start + timedelta(milliseconds=i)),
+        }
+        for i in range(n)
+    ]
+
+
+def conversions_for(exposures: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_id": f"c-{e['event_id']}",
+            "experiment_id": e["experiment_id"],
+            "visitor_id": e["visitor_id"],
+            "occurred_at": format_timestamp(
+                datetime.fromisoformat(e["occurred_at"].replace("Z", "+00:00"))
+                + timedelta(seconds=30)
+            ),
+        }
+        for e in exposures
+    ]

@@ -1,0 +1,91 @@
+"""A worker stopped or killed mid-stream and restarted loses nothing and counts nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from streams.settings import Settings
+from tests.integration.pipeline import (
+    Pipeline,
+    conversions_for,
+    create_experiment,
+    prepare,
+    produce_docs,
+    synthetic_exposures,
+)
+
+pytestmark = pytest.mark.integration
+SEGMENTS = ["device:mobile|source:instagram", "device:desktop|source:google"]
+
+
+@pytest.fixture
+async def pipeline(settings: Settings, tmp_path: Path, fresh_database: str) -> Pipeline:
+    return await prepare(settings, tmp_path, fresh_database)
+
+
+async def _totals(p: Pipeline) -> tuple[int, int]:
+    conn = await asyncpg.connect(p.settings.database_dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT coalesce(sum(exposures), 0)::bigint AS e, "
+            "coalesce(sum(conversions), 0)::bigint AS c FROM variant_segment_state")
+        per_key = await conn.fetch(
+            "SELECT segment_key, variant_id, exposures, conversions FROM variant_segment_state")
+    finally:
+        await conn.close()
+    assert row is not None
+    _totals.last = {(r["segment_key"], r["variant_id"]): (r["exposures"], r["conversions"])
+                    for r in per_key}  # type: ignore[attr-defined]
+    return int(row["e"]), int(row["c"])
+
+
+async def _wait_for(p: Pipeline, predicate, timeout: float = 120) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    totals = await _totals(p)
+    while not predicate(totals) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+        totals = await _totals(p)
+    return totals
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "kill9"])
+async def test_restart_mid_stream_leaves_counts_exact(pipeline: Pipeline, stop: str) -> None:
+    await create_experiment(pipeline, "exact")
+    exposures = synthetic_exposures("exact", SEGMENTS, ["a", "b", "c"], 6000, seed=7)
+    converted = exposures[::10]
+    await produce_docs(pipeline, "exposures", exposures)
+    await produce_docs(pipeline, "conversions", conversions_for(converted))
+    expected: dict[tuple[str, str], list[int]] = {}
+    for e in exposures:
+        expected.setdefault((e["segment_key"], e["variant_id"]), [0, 0])[0] += 1
+    for e in converted:
+        expected[(e["segment_key"], e["variant_id"])][1] += 1
+
+    first = pipeline.worker("first").start()
+    try:
+        await asyncio.to_thread(first.wait_http_ready)
+        partial = await _wait_for(pipeline, lambda t: t[0] > 0)
+    finally:
+        if stop == "sigterm":
+            assert first.stop() == 0
+        else:
+            first.kill()
+    assert 0 < partial[0], "the first worker applied part of the stream before it stopped"
+    mid = await _totals(pipeline)
+
+    second = pipeline.worker("second").start()
+    try:
+        await asyncio.to_thread(second.wait_http_ready)
+        final = await _wait_for(pipeline, lambda t: t == (6000, 600))
+        await asyncio.sleep(2)  # anything replayed twice would show up now
+        final = await _totals(pipeline)
+    finally:
+        assert second.stop() == 0
+    assert mid[0] < 6000 or stop == "sigterm", "kill -9 hit the stream mid-way"
+    assert final == (6000, 600), second.log_text()[-3000:]
+    assert {k: list(v) for k, v in _totals.last.items()} == expected  # type: ignore[attr-defined]
