@@ -27,8 +27,9 @@ CREATE TABLE variant_segment_state (
     conversions      bigint NOT NULL DEFAULT 0 CHECK (conversions >= 0),
     conversion_value double precision NOT NULL DEFAULT 0,
     updated_at       timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (experiment_id, segment_key, variant_id),
-    CHECK (conversions <= exposures)
+    -- no CHECK (conversions <= exposures): Postgres checks the proposed row of an upsert
+    -- (0 exposures, +1 conversion) before resolving the conflict
+    PRIMARY KEY (experiment_id, segment_key, variant_id)
 );
 
 

@@ -25,10 +25,11 @@ import time
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 import orjson
@@ -49,32 +50,28 @@ from streams.topics import topic_name as _topic
 
 VARIANTS = ("headline-a", "headline-b", "headline-c")
 FEATURES = ["device", "source"]
-FOUND_AT = 0.9  # the true best variant holds at least this weight: "found"
-_IPHONE_IG = (
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
-    "(KHTML, like Gecko) Mobile/15E148 Instagram 330.0.0.18.84"
-)
-_IPHONE = (
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
-    "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1"
-)
-_ANDROID = (
-    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/124.0.0.0 Mobile Safari/537.36"
-)
-_WINDOWS = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/124.0.0.0 Safari/537.36"
-)
-_MAC = (
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like "
-    "Gecko) Version/17.4 Safari/605.1.15"
-)
+FOUND_AT = 0.9  # "found": the true best variant holds at least this weight
+DRAIN_S = 45.0  # longest wait after the traffic for decisions, conversions and counts
+
+# fmt: off
+_UA = {
+    "iphone-instagram": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/"
+                        "605.1.15 (KHTML, like Gecko) Mobile/15E148 Instagram 330.0.0.18.84",
+    "iphone": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+              "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+    "android": "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+               "Chrome/124.0.0.0 Mobile Safari/537.36",
+    "windows": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+               "Chrome/124.0.0.0 Safari/537.36",
+    "mac": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like "
+           "Gecko) Version/17.4 Safari/605.1.15",
+}
+# fmt: on
 
 
 @dataclass(frozen=True)
 class Segment:
-    """One traffic segment of the ground truth: its share, true rates and raw contexts."""
+    """One segment of the ground truth: traffic share, true rates, raw contexts that map to it."""
 
     key: str
     share: float
@@ -88,44 +85,37 @@ class Segment:
 
 TRUTH = (
     Segment("device:mobile|source:instagram", 0.30, (0.12, 0.04, 0.03), (
-        {"user_agent": _IPHONE_IG, "utm_source": "instagram", "utm_medium": "social"},
-        {"user_agent": _ANDROID, "referrer": "https://l.instagram.com/"})),
+        {"user_agent": _UA["iphone-instagram"], "utm_source": "instagram", "utm_medium": "social"},
+        {"user_agent": _UA["android"], "referrer": "https://l.instagram.com/"})),
     Segment("device:mobile|source:google", 0.25, (0.03, 0.12, 0.05), (
-        {"user_agent": _ANDROID, "referrer": "https://www.google.com/"},
-        {"user_agent": _IPHONE, "utm_source": "google", "utm_medium": "cpc"})),
+        {"user_agent": _UA["android"], "referrer": "https://www.google.com/"},
+        {"user_agent": _UA["iphone"], "utm_source": "google", "utm_medium": "cpc"})),
     Segment("device:desktop|source:google", 0.25, (0.04, 0.03, 0.12), (
-        {"user_agent": _WINDOWS, "referrer": "https://www.google.de/"},
-        {"user_agent": _MAC, "utm_source": "google", "utm_medium": "cpc"})),
+        {"user_agent": _UA["windows"], "referrer": "https://www.google.de/"},
+        {"user_agent": _UA["mac"], "utm_source": "google", "utm_medium": "cpc"})),
     Segment("device:desktop|source:direct", 0.20, (0.11, 0.03, 0.05), (
-        {"user_agent": _WINDOWS, "referrer": ""}, {"user_agent": _MAC, "referrer": ""})),
+        {"user_agent": _UA["windows"], "referrer": ""},
+        {"user_agent": _UA["mac"], "referrer": ""})),
 )  # fmt: skip
 BY_KEY = {s.key: s for s in TRUTH}
+OVERALL = tuple(sum(s.share * s.rates[i] for s in TRUTH) for i in range(len(VARIANTS)))
 
 
 def verify_truth() -> None:
-    """Every context of the truth lands in its segment (the worker's own pure functions)."""
+    """Every context of the truth lands in its segment, by the worker's own pure functions."""
     for seg in TRUTH:
         for ctx in seg.contexts:
             got = segment_key(extract_context(ctx, datetime.now(UTC)), FEATURES)
             if got != seg.key:
-                msg = f"demo context {ctx} gives segment {got!r}, not {seg.key!r}"
+                msg = f"demo context {ctx} falls in segment {got!r}, not {seg.key!r}"
                 raise ServiceError(msg)
 
 
-def global_rates() -> list[float]:
-    return [sum(s.share * s.rates[i] for s in TRUTH) for i in range(len(VARIANTS))]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--seconds", type=float, default=60.0, help="how long to send traffic (default 60, 5..3600)"
-    )
-    parser.add_argument(
-        "--rate", type=float, default=300.0, help="visits per second (default 300, 1..2000)"
-    )
-    parser.add_argument(
-        "--keep-services", action="store_true", help="leave the local services running at the end"
-    )
+    add = parser.add_argument
+    add("--seconds", type=float, default=60.0, help="traffic duration (default 60; 5..3600)")
+    add("--rate", type=float, default=300.0, help="visits per second (default 300; 1..2000)")
+    add("--keep-services", action="store_true", help="leave the local services running")
 
 
 class Worker:
@@ -138,66 +128,39 @@ class Worker:
             self.port = int(sock.getsockname()[1])
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        s = self.settings
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers,
-            "DATABASE_URL": s.database_dsn,
-            "BANDIT_TOPIC_PREFIX": s.topic_prefix,
-            "BANDIT_APP_ID": s.app_id,
-            "BANDIT_PARTITIONS": str(s.partitions),
-            "BANDIT_REPLICATION_FACTOR": str(s.replication_factor),
-            "BANDIT_WEIGHTS_MIN_INTERVAL_S": str(s.weights_min_interval_s),
-            "BANDIT_WEIGHTS_MIN_CHANGE": str(s.weights_min_change),
-        }
-        cmd = [
-            sys.executable,
-            "-m",
-            "faust",
-            "-A",
-            "streams.app",
-            "--datadir",
-            str(self.datadir),
-            "worker",
-            "-l",
-            "info",
-            "--web-port",
-            str(self.port),
-            "--web-host",
-            "127.0.0.1",
-        ]
+    def start(self) -> int:
+        """Start it with the demo's whole configuration, its services made explicit."""
+        s, fields = self.settings, Settings.model_fields
+        env = {str(f.validation_alias): str(getattr(s, n)) for n, f in fields.items()}
+        env.pop("KAFKA_BOOTSTRAP_SERVERS")
+        env |= {"KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers, "DATABASE_URL": s.database_dsn}
+        cmd = [sys.executable, "-m", "faust", "-A", "streams.app", "--datadir", str(self.datadir)]
+        cmd += ["worker", "-l", "info", "--web-host", "127.0.0.1", "--web-port", str(self.port)]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as out:
+            env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
             self.proc = subprocess.Popen(
-                cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
             )
+        return self.proc.pid
 
     def check_alive(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
-            code = self.proc.returncode if self.proc else None
-            msg = f"the worker exited ({code}); its log {self.log} ends with:\n{self.tail()}"
-            raise ServiceError(msg)
+            self.fail(f"the worker exited ({self.proc.returncode if self.proc else None})")
 
-    def tail(self, lines: int = 25) -> str:
+    def fail(self, why: str) -> NoReturn:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        msg = f"{why}; the end of {self.log}:\n" + "\n".join(text.splitlines()[-25:])
+        raise ServiceError(msg)
 
     async def wait_ready(self, timeout: float = 120.0) -> None:
-        url = f"http://127.0.0.1:{self.port}/ready"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()
-            try:
-                status = await asyncio.to_thread(_http_status, url)
-            except OSError:
-                status = 0
-            if status == 200:
+            if await asyncio.to_thread(_ready, f"http://127.0.0.1:{self.port}/ready"):
                 return
             await asyncio.sleep(0.3)
-        msg = f"the worker was not ready within {timeout:.0f} s; see {self.log}:\n{self.tail()}"
-        raise ServiceError(msg)
+        self.fail(f"the worker was not ready within {timeout:.0f} s")
 
     def stop(self) -> str:
         """SIGTERM, then SIGKILL after 30 s; says how it went."""
@@ -205,40 +168,59 @@ class Worker:
             return "had exited" if self.proc else "not started"
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return f"stopped (exit {self.proc.wait(30)})"
+            return f"stopped (exit code {self.proc.wait(30)})"
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            return "killed: it ignored SIGTERM for 30 s"
+            return "KILLED: it did not stop within 30 s of SIGTERM"
 
 
-def _http_status(url: str) -> int:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return int(response.status)
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status) == 200
+    except OSError:  # refused while starting, 503 until the replicas caught up
+        return False
 
 
 @dataclass
 class Stats:
+    """What the demo sent and read back; allocations hold the newest record per segment."""
+
     visits: Counter[str] = field(default_factory=Counter)
     decisions: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-    seen: set[str] = field(default_factory=set)
+    seen: set[str] = field(default_factory=set)  # decision ids (read at least once)
     exposures: int = 0
     conversions: int = 0
-    dead: Counter[str] = field(default_factory=Counter)
+    dead: Counter[str] = field(default_factory=Counter)  # by reason
     allocations: dict[str, dict[str, Any]] = field(default_factory=dict)
     updates: int = 0
     counted: tuple[int, int] = (0, 0)  # exposures, conversions in Postgres
 
-    @property
-    def decided(self) -> int:
-        return len(self.seen)
-
     def found(self) -> int:
         return sum(verdict(self.allocations.get(s.key), s.best)[0] == "found" for s in TRUTH)
 
+    def all_counted(self) -> bool:
+        lost = self.dead["unattributable"]
+        return self.counted[0] >= self.exposures and self.counted[1] + lost >= self.conversions
+
+    def problems(self) -> list[str]:
+        sent, dead, found = sum(self.visits.values()), sum(self.dead.values()), []
+        if not len(self.seen) == sent > 0:
+            found.append(f"{sent - len(self.seen)} of {sent} visits got no decision")
+        if not self.all_counted():
+            found.append(
+                f"the worker counted {self.counted[0]}/{self.exposures} exposures and "
+                f"{self.counted[1]}/{self.conversions} conversions within {DRAIN_S:.0f} s "
+                "(is the track stage stuck? see the worker log)"
+            )
+        if dead:
+            found.append(f"{dead} dead letters: {dict(self.dead)}")
+        return found
+
 
 def verdict(doc: dict[str, Any] | None, best: str) -> tuple[str, str]:
-    """("found" | "leaning" | "NOT YET" | "no weights", the argmax variant)."""
+    """("found" | "leaning" | "NOT YET" | "no weights", the variant of largest weight)."""
     if doc is None:
         return "no weights", "-"
     weights = doc["weights"]
@@ -249,35 +231,34 @@ def verdict(doc: dict[str, Any] | None, best: str) -> tuple[str, str]:
 
 
 class Progress:
-    """A bar redrawn on a TTY; one line every 10 s otherwise (CI logs)."""
+    """A bar redrawn on stderr when it is a terminal; else one line every 10 s (CI logs)."""
 
     def __init__(self, seconds: float) -> None:
-        self.seconds, self.tty = seconds, sys.stderr.isatty()
-        self.last = 0.0
+        self.seconds, self.tty, self.last = seconds, sys.stderr.isatty(), 0.0
 
     def show(self, elapsed: float, stats: Stats, phase: str, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < (0.25 if self.tty else 10.0):
+        if not force and time.monotonic() - self.last < (0.25 if self.tty else 10.0):
             return
-        self.last = now
-        done = min(1.0, elapsed / self.seconds)
-        bar = "#" * int(done * 24) + "." * (24 - int(done * 24))
+        self.last = time.monotonic()
+        filled = int(min(1.0, elapsed / self.seconds) * 24)
         line = (
-            f"[{bar}] {min(elapsed, self.seconds):3.0f}/{self.seconds:.0f} s {phase:<8} "
-            f"visits {sum(stats.visits.values())}  decisions {stats.decided}  "
-            f"conversions {stats.conversions}  dead letters {sum(stats.dead.values())}  "
-            f"best found {stats.found()}/{len(TRUTH)}"
+            f"[{'#' * filled}{'.' * (24 - filled)}] {min(elapsed, self.seconds):3.0f}/"
+            f"{self.seconds:.0f} s {phase:<8} visits {sum(stats.visits.values())}  decisions "
+            f"{len(stats.seen)}  conversions {stats.conversions}  dead letters "
+            f"{sum(stats.dead.values())}  best found {stats.found()}/{len(TRUTH)}"
         )
-        print(
-            f"\r{line}\033[K" if self.tty else line,
-            end="" if self.tty else "\n",
-            file=sys.stderr,
-            flush=True,
-        )
+        end = "" if self.tty else "\n"
+        print(f"\r{line}\033[K" if self.tty else line, end=end, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.tty:
             print(file=sys.stderr, flush=True)
+
+
+def _event(experiment_id: str, visitor_id: str, **fields: Any) -> dict[str, Any]:
+    now = format_timestamp(datetime.now(UTC))
+    ids = {"event_id": str(uuid.uuid4()), "experiment_id": experiment_id, "visitor_id": visitor_id}
+    return {**ids, "occurred_at": now, **fields}
 
 
 async def drive(
@@ -285,126 +266,86 @@ async def drive(
 ) -> Stats:
     """Send visits at `rate` for `seconds`, expose every decision, convert per the truth."""
     rng, stats, progress = random.Random(), Stats(), Progress(seconds)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5
-    )
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    topics = {base: _topic(settings, base) for base in (VISITS, EXPOSURES, CONVERSIONS)}
+    servers = settings.bootstrap_servers
+    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False)
     watched = {_topic(settings, b): b for b in (DECISIONS, ALLOCATIONS, DEADLETTER)}
-    due: list[tuple[float, int, dict[str, Any]]] = []  # conversions waiting for their time
+    due: list[tuple[float, str]] = []  # (when, visitor_id) of the conversions to send
+    pending: list[asyncio.Future[Any]] = []
+
+    async def send(base: str, doc: dict[str, Any]) -> None:
+        value, key = orjson.dumps(doc), doc["visitor_id"].encode()
+        pending.append(await producer.send(_topic(settings, base), value, key=key))
+
+    async def step(poll_ms: int) -> None:
+        """Read what the worker wrote, expose each new decision, send the due conversions."""
+        for tp, records in (await consumer.getmany(timeout_ms=poll_ms)).items():
+            for doc in (orjson.loads(r.value or b"null") for r in records):
+                if watched[tp.topic] == DEADLETTER:
+                    stats.dead[str(doc.get("reason"))] += 1
+                elif watched[tp.topic] == ALLOCATIONS:
+                    stats.updates += 1
+                    current = stats.allocations.get(doc["segment_key"])
+                    if current is None or doc["version"] >= current["version"]:
+                        stats.allocations[doc["segment_key"]] = doc
+                elif doc["decision_id"] not in stats.seen:
+                    await expose(doc)
+        while due and due[0][0] <= time.monotonic():
+            await send(CONVERSIONS, _event(experiment_id, heapq.heappop(due)[1]))
+            stats.conversions += 1
+        await asyncio.gather(*pending)
+        pending.clear()
+        worker.check_alive()
+
+    async def expose(decision: dict[str, Any]) -> None:
+        stats.seen.add(decision["decision_id"])
+        seg, variant, visitor = (decision[k] for k in ("segment_key", "variant_id", "visitor_id"))
+        stats.decisions[seg][variant] += 1
+        ids = {"variant_id": variant, "decision_id": decision["decision_id"], "segment_key": seg}
+        await send(EXPOSURES, _event(experiment_id, visitor, **ids))
+        stats.exposures += 1
+        truth = BY_KEY.get(seg)
+        if truth is not None and rng.random() < truth.rates[VARIANTS.index(variant)]:
+            heapq.heappush(due, (time.monotonic() + rng.uniform(0.5, 3.0), visitor))
+
     await producer.start()
     await consumer.start()
     try:
         consumer.assign([TopicPartition(t, p) for t in watched for p in range(settings.partitions)])
-        pending: list[asyncio.Future[Any]] = []
-
-        async def send(base: str, doc: dict[str, Any]) -> None:
-            pending.append(
-                await producer.send(topics[base], orjson.dumps(doc), key=doc["visitor_id"].encode())
-            )
-
-        async def step(poll_ms: int) -> None:
-            """Read what the worker wrote; expose, schedule and send conversions that are due."""
-            for tp, records in (await consumer.getmany(timeout_ms=poll_ms)).items():
-                for record in records:
-                    doc = orjson.loads(record.value or b"null")
-                    base = watched[tp.topic]
-                    if base == DEADLETTER:
-                        stats.dead[str(doc.get("reason"))] += 1
-                    elif base == ALLOCATIONS:
-                        current = stats.allocations.get(doc["segment_key"])
-                        if current is None or doc["version"] >= current["version"]:
-                            stats.allocations[doc["segment_key"]] = doc
-                        stats.updates += 1
-                    elif doc["decision_id"] not in stats.seen:
-                        await on_decision(doc)
-            now = time.monotonic()
-            while due and due[0][0] <= now:
-                conversion = heapq.heappop(due)[2]
-                await send(CONVERSIONS, {**conversion, "occurred_at": _now()})
-                stats.conversions += 1
-            if pending:
-                await asyncio.gather(*pending)
-                pending.clear()
-            worker.check_alive()
-
-        async def on_decision(doc: dict[str, Any]) -> None:
-            stats.seen.add(doc["decision_id"])
-            seg, variant = doc["segment_key"], doc["variant_id"]
-            stats.decisions[seg][variant] += 1
-            await send(
-                EXPOSURES,
-                {
-                    "event_id": str(uuid.uuid4()),
-                    "experiment_id": experiment_id,
-                    "visitor_id": doc["visitor_id"],
-                    "variant_id": variant,
-                    "decision_id": doc["decision_id"],
-                    "segment_key": seg,
-                    "occurred_at": _now(),
-                },
-            )
-            stats.exposures += 1
-            truth = BY_KEY.get(seg)
-            if truth is not None and rng.random() < truth.rates[VARIANTS.index(variant)]:
-                conversion = {
-                    "event_id": str(uuid.uuid4()),
-                    "experiment_id": experiment_id,
-                    "visitor_id": doc["visitor_id"],
-                }
-                at = time.monotonic() + rng.uniform(0.5, 3.0)
-                heapq.heappush(due, (at, len(stats.seen), conversion))
-
-        start = time.monotonic()
-        sent = 0
+        start, sent, shares = time.monotonic(), 0, [s.share for s in TRUTH]
         while (elapsed := time.monotonic() - start) < seconds:
             for _ in range(min(int(elapsed * rate) - sent, 2000)):
-                seg = rng.choices(TRUTH, weights=[s.share for s in TRUTH])[0]
-                visitor = f"v-{uuid.uuid4().hex[:16]}"
-                await send(
-                    VISITS,
-                    {
-                        "event_id": str(uuid.uuid4()),
-                        "experiment_id": experiment_id,
-                        "visitor_id": visitor,
-                        "occurred_at": _now(),
-                        "context": {**rng.choice(seg.contexts), "country": "US"},
-                    },
-                )
+                seg = rng.choices(TRUTH, weights=shares)[0]
+                context = {**rng.choice(seg.contexts), "country": "US", "language": "en-US"}
+                await send(VISITS, _event(experiment_id, f"v-{uuid.uuid4().hex}", context=context))
                 stats.visits[seg.key] += 1
                 sent += 1
             await step(20)
             progress.show(elapsed, stats, "sending")
-        # drain: every visit decided, every conversion sent, every event counted in Postgres
-        deadline = time.monotonic() + 45
-        while time.monotonic() < deadline and (stats.decided < sent or due):
+        deadline = time.monotonic() + DRAIN_S  # every visit decided, every conversion sent ...
+        while time.monotonic() < deadline and (len(stats.seen) < sent or due):
             await step(100)
             progress.show(time.monotonic() - start, stats, "draining")
-        while time.monotonic() < deadline and not _all_counted(stats):
+        while time.monotonic() < deadline:  # ... and counted in Postgres by the track stage
             stats.counted = await _counted(settings, experiment_id)
-            await step(200)
-        # the learner recomputes a segment at most once per interval: give it two
+            if stats.all_counted():
+                break
+            await step(300)
+        # the learner recomputes a segment at most once per interval (a timer flushes the rest)
         settle = time.monotonic() + 2 * settings.weights_min_interval_s + 1.5
         while time.monotonic() < settle:
             await step(200)
-        await _read_to_end(consumer, step)
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        while time.monotonic() < settle + 15:  # read everything the worker has written so far
+            if all([await consumer.position(tp) >= end for tp, end in ends.items()]):
+                break
+            await step(200)
         progress.show(time.monotonic() - start, stats, "done", force=True)
     finally:
         progress.close()
         await consumer.stop()
         await producer.stop()
     return stats
-
-
-def _all_counted(stats: Stats) -> bool:
-    exposures, conversions = stats.counted
-    unattributable = stats.dead.get("unattributable", 0)
-    return exposures >= stats.exposures and conversions + unattributable >= stats.conversions
 
 
 async def _counted(settings: Settings, experiment_id: str) -> tuple[int, int]:
@@ -420,92 +361,62 @@ async def _counted(settings: Settings, experiment_id: str) -> tuple[int, int]:
     return (int(row["e"]), int(row["c"])) if row else (0, 0)
 
 
-async def _read_to_end(consumer: AIOKafkaConsumer, step: Any) -> None:
-    """Consume until every watched partition is read up to its end offset now."""
-    ends = await consumer.end_offsets(list(consumer.assignment()))
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        positions = {tp: await consumer.position(tp) for tp in ends}
-        if all(positions[tp] >= end for tp, end in ends.items()):
-            return
-        await step(200)
+_HEAD = "segment|visits|true rate a/b/c|traffic a/b/c|weights now a/b/c|best now|true best|verdict"
+_WIDTHS = (-31, 6, -17, -17, -17, -11, -11, 0)  # per column; negative: left-aligned
 
 
-def _now() -> str:
-    return format_timestamp(datetime.now(UTC))
+def _row(*cells: object) -> str:
+    pairs = zip(cells, _WIDTHS, strict=True)
+    padded = (f"{c!s:<{-w}}" if w < 0 else f"{c!s:>{w}}" for c, w in pairs)
+    return ("  " + "  ".join(padded)).rstrip()
 
 
-def _pct(values: list[float]) -> str:
-    return " ".join(f"{v * 100:4.0f}%" for v in values)
+def _join(values: Iterable[float], spec: str) -> str:
+    return " ".join(format(v, spec) for v in values)
 
 
 def report(stats: Stats, experiment_id: str) -> list[str]:
-    """The summary table and totals (plain text, fixed columns)."""
-    short = "/".join(v.rsplit("-", 1)[-1] for v in VARIANTS)
-    head = (
-        f"  {'segment':<31} {'visits':>6}  {'true rate ' + short:<17}  "
-        f"{'traffic ' + short:<17}  {'weights now ' + short:<19}  "
-        f"{'best now':<11} {'true best':<11} verdict"
-    )
-    lines = [
-        f"Results of {experiment_id} (weights: the last `allocations` record per segment)",
-        "",
-        head,
-        "  " + "-" * (len(head) - 2),
+    """The results table (a row per segment, then the experiment-wide weights) and totals."""
+    head = _row(*_HEAD.split("|"))
+    title = f"Results of {experiment_id} (weights now: the newest `allocations` record)"
+    lines = [title, "", head, "  " + "-" * (len(head) - 2)]
+    overall_best = VARIANTS[OVERALL.index(max(OVERALL))]
+    every: Counter[str] = Counter()
+    for counts in stats.decisions.values():
+        every.update(counts)
+    rows: list[tuple[str, str, tuple[float, ...], Counter[str], str]] = [
+        (s.key, s.key, s.rates, stats.decisions[s.key], s.best) for s in TRUTH
     ]
-    rows = [
-        (s.key, stats.visits[s.key], list(s.rates), stats.decisions.get(s.key, Counter()), s.best)
-        for s in TRUTH
-    ]
-    everything: Counter[str] = sum(stats.decisions.values(), Counter())
-    best_global = VARIANTS[max(range(len(VARIANTS)), key=lambda i: global_rates()[i])]
-    rows.append(
-        (
-            "* (whole experiment)",
-            sum(stats.visits.values()),
-            global_rates(),
-            everything,
-            best_global,
-        )
-    )
-    not_converged = []
-    for key, visits, rates, decided, best in rows:
-        doc = stats.allocations.get("*" if key.startswith("*") else key)
+    rows.append(("* (whole experiment)", "*", OVERALL, every, overall_best))
+    lagging = []
+    for label, key, rates, decided, best in rows:
+        doc = stats.allocations.get(key)
         state, top = verdict(doc, best)
-        total = sum(decided.values()) or 1
-        shares = [decided[v] / total for v in VARIANTS]
-        weights = " ".join(f"{doc['weights'][v]:5.2f}" for v in VARIANTS) if doc else "-"
-        lines.append(
-            f"  {key:<31} {visits:>6}  {_pct(rates):<17}  {_pct(shares):<17}  "
-            f"{weights:<19}  {top:<11} {best:<11} {state}"
-        )
-        if state != "found" and not key.startswith("*"):
-            not_converged.append(
-                f"{key} ({state}: {top} at {doc['weights'][top]:.2f})"
-                if doc
-                else f"{key} ({state})"
-            )
-    visits_sent = sum(stats.visits.values())
-    dead = sum(stats.dead.values())
-    realised = stats.conversions / stats.exposures if stats.exposures else 0.0
+        shares = [decided[v] / max(1, sum(decided.values())) for v in VARIANTS]
+        weights = _join([doc["weights"][v] for v in VARIANTS], "5.2f") if doc else "-"
+        visits = stats.visits[key] if key != "*" else sum(stats.visits.values())
+        rates_and_shares = [_join(rates, "5.1%"), _join(shares, "5.0%")]
+        lines.append(_row(label, visits, *rates_and_shares, weights, top, best, state))
+        if state != "found" and key != "*":
+            lagging.append(f"{key} ({state}, {top} at {doc['weights'][top]:.2f})" if doc else key)
+    rate = stats.conversions / max(1, stats.exposures)
     oracle = sum(s.share * max(s.rates) for s in TRUTH)
     lines += [
         "",
-        f"  visits sent       {visits_sent:>7}   decisions read    {stats.decided:>7}   "
-        f"({'one per visit' if stats.decided == visits_sent else 'MISSING DECISIONS'})",
-        f"  exposures sent    {stats.exposures:>7}   conversions sent  {stats.conversions:>7}   "
-        f"counted in Postgres: {stats.counted[0]} exposures, {stats.counted[1]} conversions",
-        f"  allocation updates {stats.updates:>6}   dead letters      {dead:>7}   "
-        + (", ".join(f"{r}: {n}" for r, n in stats.dead.items()) if dead else "(0 expected)"),
-        f"  conversion rate   {realised * 100:6.2f} %  (an even split: "
-        f"{sum(global_rates()) / len(VARIANTS) * 100:.2f} %, always {best_global}: "
-        f"{max(global_rates()) * 100:.2f} %, the best per segment: {oracle * 100:.2f} %)",
-        "",
-        f"  {stats.found()}/{len(TRUTH)} segments found their true best variant "
-        f"(weight >= {FOUND_AT})"
-        + ("." if not not_converged else "; not converged yet: " + ", ".join(not_converged)),
+        f"  visits sent {sum(stats.visits.values())}, decisions read {len(stats.seen)}, "
+        f"exposures sent {stats.exposures}, conversions sent {stats.conversions}",
+        f"  counted in Postgres: {stats.counted[0]} exposures, {stats.counted[1]} conversions; "
+        f"allocation updates read {stats.updates}; dead letters {sum(stats.dead.values())}",
+        f"  conversion rate {rate:.2%} (even split {sum(OVERALL) / len(OVERALL):.2%}, always "
+        f"{overall_best} {max(OVERALL):.2%}, each segment's best variant {oracle:.2%})",
+        f"  {stats.found()}/{len(TRUTH)} segments found their true best variant (weight >= "
+        f"{FOUND_AT})" + ("; not converged yet: " + ", ".join(lagging) if lagging else ""),
     ]
-    return lines
+    return lines + [f"  PROBLEM: {p}" for p in stats.problems()]
+
+
+def _say(step: str, text: str) -> None:
+    print(f"  {step:<10} {text}", flush=True)
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
@@ -513,90 +424,48 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     rate = min(max(float(args.rate), 1.0), 2000.0)
     verify_truth()
     began = time.monotonic()
-    print(
-        f"bandit-stream demo: {seconds:.0f} s of synthetic traffic at {rate:.0f} visits/s, "
-        f"{len(TRUTH)} segments whose best headline differs",
-        flush=True,
-    )
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    print(f"bandit-stream demo: {seconds:.0f} s of traffic at {rate:.0f} visits/s", flush=True)
+    restore = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM cleans up like Ctrl-C
+        restore = signal.signal(signal.SIGTERM, signal.default_int_handler)
     endpoints = local.up(settings)
     for name, configured, started, where in (
         ("kafka", settings.kafka_configured, endpoints.started_kafka, endpoints.bootstrap_servers),
-        (
-            "postgres",
-            settings.database_configured,
-            endpoints.started_postgres,
-            "local cluster" if not settings.database_configured else "DATABASE_URL",
-        ),
+        ("postgres", settings.database_configured, endpoints.started_postgres, "(database)"),
     ):
         how = "configured" if configured else "started now" if started else "already running"
-        print(f"  {name:<9} {how:<16} {where}", flush=True)
+        _say(name, f"{how}  {where}")
     run = uuid.uuid4().hex[:8]
-    experiment_id = f"demo-{run}"
-    demo = settings.model_copy(
-        update={
-            "topic_prefix": f"{settings.topic_prefix}demo-{run}.",
-            "app_id": f"bandit-demo-{run}",
-        }
-    )
-    worker = Worker(
-        demo,
-        settings.state_dir / "demo" / "worker.log",
-        settings.state_dir / "demo" / f"data-{run}",
-    )
+    experiment_id, state = f"demo-{run}", settings.state_dir / "demo"
+    prefix = f"{settings.topic_prefix}demo-{run}."
+    demo = settings.model_copy(update={"topic_prefix": prefix, "app_id": f"demo-{run}"})
+    worker = Worker(demo, state / "worker.log", state / f"data-{run}")
     try:
-        applied = asyncio.run(migrate(demo.database_dsn))
-        print(f"  {'database':<9} {len(applied)} migrations applied now", flush=True)
-        created = asyncio.run(ensure_topics(demo))
-        print(f"  {'topics':<9} {len(created)} created with prefix {demo.topic_prefix!r}")
-        doc = new_experiment_document(
-            experiment_id,
-            list(VARIANTS),
-            context_features=FEATURES,
-            name="Demo: which headline, for whom?",
-        )
+        _say("database", f"migrated ({len(asyncio.run(migrate(demo.database_dsn)))} applied now)")
+        _say("topics", f"{len(asyncio.run(ensure_topics(demo)))} created, prefix {prefix!r}")
+        doc = new_experiment_document(experiment_id, list(VARIANTS), context_features=FEATURES)
         asyncio.run(save_experiment(demo, doc))
-        print(
-            f"  {'experiment':<9} {experiment_id}: {', '.join(VARIANTS)}; segments by "
-            f"{' x '.join(FEATURES)}; policy pooled"
-        )
-        worker.start()
-        print(
-            f"  {'worker':<9} pid {worker.proc.pid if worker.proc else '?'}, log {worker.log}",
-            flush=True,
-        )
+        _say("experiment", f"{experiment_id}: {', '.join(VARIANTS)}; segments by device x source")
+        _say("worker", f"pid {worker.start()}, log {worker.log}")
         asyncio.run(worker.wait_ready())
-        print(
-            f"  {'worker':<9} ready after {time.monotonic() - began:.0f} s; sending traffic "
-            "(progress on stderr)",
-            flush=True,
-        )
+        _say("worker", f"ready at {time.monotonic() - began:.0f} s; traffic (progress on stderr)")
         stats = asyncio.run(drive(demo, experiment_id, seconds, rate, worker))
-        print()
-        print("\n".join(report(stats, experiment_id)))
-        ok = stats.decided == sum(stats.visits.values()) and stats.decided > 0
-        return 0 if ok else 1
+        print("\n" + "\n".join(report(stats, experiment_id)) + "\n", flush=True)
+        return 1 if stats.problems() else 0
     except KeyboardInterrupt:
         print("\ninterrupted: stopping what the demo started", file=sys.stderr, flush=True)
         return 130
     finally:
-        print(f"  worker    {worker.stop()}", flush=True)
+        _say("worker", worker.stop())
         shutil.rmtree(worker.datadir, ignore_errors=True)
         if args.keep_services:
-            print(
-                "  services  left running (--keep-services); `bandit-stream services down` "
-                "stops them"
-            )
+            _say("services", "left running (--keep-services): `bandit-stream services down`")
         else:
-            stopped = local.down(
-                settings, kafka=endpoints.started_kafka, postgres=endpoints.started_postgres
-            )
-            print(f"  services  {'stopped ' + ', '.join(stopped) if stopped else 'left as found'}")
-        print(f"  wall time {time.monotonic() - began:.0f} s", flush=True)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+            down = local.down(settings, endpoints.started_kafka, endpoints.started_postgres)
+            _say("services", f"stopped {', '.join(down)}" if down else "left as they were")
+        _say("wall time", f"{time.monotonic() - began:.0f} s")
+        if restore is not None:
+            signal.signal(signal.SIGTERM, restore)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import pytest
 
 from streams.settings import Settings
 from tests.integration.pipeline import (
+    conversions_for,
+    synthetic_exposures,
     DESKTOP_CHROME,
     Pipeline,
     conversion,
@@ -75,3 +77,102 @@ async def test_visits_get_decisions_and_bad_input_goes_to_deadletter(pipeline: P
         "not_an_object", "oversized", "future_timestamp", "duplicate_event",
     ])
     assert all(d["source_topic"] == pipeline.topic("visits") and d["detail"] for d in dead)
+
+
+async def test_conversions_move_their_segment_and_sticky_visitors_keep_their_variant(
+    pipeline: Pipeline,
+) -> None:
+    await create_experiment(
+        pipeline, "learn", policy={"name": "segment", "min_samples_per_segment": 0}
+    )
+    mobile = "device:mobile|source:instagram"
+    desktop = "device:desktop|source:google"
+    worker = pipeline.worker().start()
+    try:
+        await asyncio.to_thread(worker.wait_http_ready)
+        exposures = synthetic_exposures("learn", [mobile, desktop], ["a", "b", "c"], 600, seed=3)
+        await produce_docs(pipeline, "exposures", exposures)
+
+        def latest(docs: list[dict], segment: str) -> dict | None:
+            mine = [d for d in docs if d["segment_key"] == segment]
+            return max(mine, key=lambda d: d["version"]) if mine else None
+
+        def counted(docs: list[dict], segment: str, n: int) -> bool:
+            doc = latest(docs, segment)
+            return doc is not None and sum(doc["exposures"].values()) == n
+
+        n_mobile = sum(e["segment_key"] == mobile for e in exposures)
+        n_desktop = len(exposures) - n_mobile
+        before = await read(pipeline, "allocations", lambda d: counted(d, mobile, n_mobile)
+                            and counted(d, desktop, n_desktop))
+        desktop_before = latest(before, desktop)
+        assert desktop_before is not None
+
+        winners = [e for e in exposures if e["segment_key"] == mobile and e["variant_id"] == "b"]
+        await produce_docs(pipeline, "conversions", conversions_for(winners[:60]))
+        after = await read(pipeline, "allocations",
+                           lambda d: (latest(d, mobile) or {}).get("conversions", {}).get("b") == 60)
+
+        # a sticky visitor: shown "c" (whatever was decided), comes back, keeps "c"
+        first = visit("learn", "sticky-visitor", ua=DESKTOP_CHROME, utm_source="google")
+        await produce_docs(pipeline, "visits", [first])
+        decided = await read(pipeline, "decisions", lambda d: len(d) >= 1)
+        await produce_docs(pipeline, "exposures", [exposure(decided[0], variant="c")])
+        await asyncio.sleep(1.5)
+        again = visit("learn", "sticky-visitor", ua=DESKTOP_CHROME, utm_source="google")
+        await produce_docs(pipeline, "visits", [again])
+        decisions = await read(pipeline, "decisions", lambda d: len(d) >= 2)
+    finally:
+        assert worker.stop() == 0
+    mobile_after = latest(after, mobile)
+    assert mobile_after is not None
+    assert max(mobile_after["weights"], key=mobile_after["weights"].get) == "b"
+    assert mobile_after["weights"]["b"] > 0.9, "60 conversions of 100 vs none: b is best"
+    assert latest(after, desktop) == desktop_before, "desktop's weights did not move"
+    second = next(d for d in decisions if d["event_id"] == again["event_id"])
+    assert (second["variant_id"], second["source"], second["propensity"]) == ("c", "sticky", 1.0)
+
+
+async def test_two_workers_split_partitions_and_each_replicates_every_allocation(
+    pipeline: Pipeline,
+) -> None:
+    await create_experiment(pipeline, "pair")
+    workers = [pipeline.worker("w1").start(), pipeline.worker("w2").start()]
+    try:
+        for w in workers:
+            await asyncio.to_thread(w.wait_http_ready)
+        await asyncio.sleep(3)  # let the group settle on two members before traffic
+        visits = [visit("pair", f"visitor-{i}") for i in range(400)]
+        await produce_docs(pipeline, "visits", visits)
+        decisions = await read(pipeline, "decisions", lambda d: len(d) >= 400)
+        await asyncio.sleep(1)
+        decisions = await read(pipeline, "decisions", lambda d: len(d) > 400, timeout=2)
+        exposures = synthetic_exposures("pair", ["device:mobile|source:instagram",
+                                                 "device:desktop|source:google"],
+                                        ["a", "b", "c"], 300, seed=5)
+        await produce_docs(pipeline, "exposures", exposures)
+        allocations = await read(pipeline, "allocations", lambda d: len(d) >= 3)
+        await asyncio.sleep(2)
+        seen = [_metric(w.web_port, 'bandit_replica_updates_total{replica="allocations"}')
+                for w in workers]
+        logs = [w.log_text() for w in workers]
+    finally:
+        codes = [w.stop() for w in workers]
+    assert codes == [0, 0]
+    assert sorted(d["event_id"] for d in decisions) == sorted(v["event_id"] for v in visits), (
+        "exactly one decision per visit from the pair"
+    )
+    assert all("decide" in log for log in logs)
+    published = len(await read(pipeline, "allocations", lambda d: False, timeout=2))
+    assert published >= len(allocations) > 0
+    assert seen == [published, published], "each worker applied every allocation record"
+
+
+def _metric(port: int, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    return 0.0
