@@ -7,6 +7,7 @@ the pure steps, so a bad record is dead-lettered instead of restarting an agent.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -69,25 +70,25 @@ async def replicas() -> None:
 
 
 @app.agent(visits_topic, concurrency=1)
-async def decide(stream: faust.StreamT[bytes]) -> None:
+async def decide(stream: Any) -> None:  # faust.Stream: take_events is not on StreamT
     await runtime.replicas_ready.wait()
     _bind_producer()
     async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
         batch = [raw_event(e.message) for e in events]
-        await runtime.retrying("decide", lambda: decide_batch(runtime, batch))
+        await runtime.retrying("decide", functools.partial(decide_batch, runtime, batch))
 
 
 @app.agent(tracked_topic, concurrency=1)
-async def track(stream: faust.StreamT[bytes]) -> None:
+async def track(stream: Any) -> None:
     await runtime.replicas_ready.wait()
     _bind_producer()
     async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
         batch = [raw_event(e.message) for e in events]
-        await runtime.retrying("track", lambda: track_batch(runtime, batch))
+        await runtime.retrying("track", functools.partial(track_batch, runtime, batch))
 
 
 @app.agent(deltas_topic, concurrency=1)
-async def learn(stream: faust.StreamT[bytes]) -> None:
+async def learn(stream: Any) -> None:
     await runtime.replicas_ready.wait()
     _bind_producer()
     async for events in stream.take_events(1000, within=0.05):
@@ -98,7 +99,7 @@ async def learn(stream: faust.StreamT[bytes]) -> None:
                 refs.add((str(doc["experiment_id"]), str(doc["segment_key"])))
             except (ValueError, KeyError, TypeError):
                 log.error("malformed segment delta ignored at offset %s", event.message.offset)
-        await runtime.retrying("learn", lambda: learner.changed(refs))
+        await runtime.retrying("learn", functools.partial(learner.changed, refs))
 
 
 @app.timer(interval=max(0.2, settings.weights_min_interval_s))

@@ -95,13 +95,16 @@ def experiment_from_document(doc: Mapping[str, Any]) -> Experiment:
     policy = dict(doc.get("policy") or {"name": "pooled"})
     floor = float(policy.get("floor", 0.0))
     if floor * len(ids) >= 1:
-        msg = f"policy.floor {floor} is too large for {len(ids)} variants: it must be < 1/{len(ids)}"
+        msg = (
+            f"policy.floor {floor} is too large for {len(ids)} variants: it must be < 1/{len(ids)}"
+        )
         raise ExperimentError(msg)
     try:
         from streams.core.policies import make_policy
 
-        make_policy(str(policy.get("name", "pooled")),
-                    {k: v for k, v in policy.items() if k != "name"})
+        make_policy(
+            str(policy.get("name", "pooled")), {k: v for k, v in policy.items() if k != "name"}
+        )
     except ValueError as exc:
         msg = f"policy: {exc}"
         raise ExperimentError(msg) from exc

@@ -32,7 +32,9 @@ WEIGHTS_PUBLISHED = Counter(
     "bandit_weights_published_total", "Allocation documents published", registry=REGISTRY
 )
 REPLICA_UPDATES = Counter(
-    "bandit_replica_updates_total", "Records applied to local replicas", ["replica"],
+    "bandit_replica_updates_total",
+    "Records applied to local replicas",
+    ["replica"],
     registry=REGISTRY,
 )
 STAGE_ERRORS = Counter(

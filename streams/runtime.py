@@ -72,8 +72,14 @@ class Runtime:
         await self.send(DEADLETTER, ((r.event.key, r.dead_letter(now)) for r in rejects))
         for r in rejects:
             metrics.DEAD_LETTERS.labels(reason=str(r.rejected.reason)).inc()
-            log.info("dead letter %s: %s (%s[%d]@%d)", r.rejected.reason, r.rejected.detail,
-                     r.event.topic, r.event.partition, r.event.offset)
+            log.info(
+                "dead letter %s: %s (%s[%d]@%d)",
+                r.rejected.reason,
+                r.rejected.detail,
+                r.event.topic,
+                r.event.partition,
+                r.event.offset,
+            )
 
     async def retrying(self, stage: str, step: Callable[[], Awaitable[T]]) -> T:
         """Run a batch step until it succeeds: a batch is never acked before it is applied.

@@ -65,12 +65,14 @@ class Learner:
                 )
                 ref = (experiment_id, segment_key)
                 self.last_run[ref] = time.monotonic()
-                if moved(self.published.get(ref), doc["weights"],
-                         self.rt.settings.weights_min_change):
+                if moved(
+                    self.published.get(ref), doc["weights"], self.rt.settings.weights_min_change
+                ):
                     docs.append(doc)
-        await self.rt.send(ALLOCATIONS, (
-            (allocation_key(d["experiment_id"], d["segment_key"]).encode(), d) for d in docs
-        ))
+        await self.rt.send(
+            ALLOCATIONS,
+            ((allocation_key(d["experiment_id"], d["segment_key"]).encode(), d) for d in docs),
+        )
         for d in docs:
             self.published[(d["experiment_id"], d["segment_key"])] = d["weights"]
         metrics.WEIGHTS_PUBLISHED.inc(len(docs))

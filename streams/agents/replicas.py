@@ -69,8 +69,11 @@ async def _replicate(rt: Runtime) -> None:
                     else:
                         _apply_allocation(rt, record.value)
             if not rt.replicas_ready.is_set() and await _caught_up(consumer, end):
-                log.info("replicas ready: %d experiments, %d allocations",
-                         len(rt.registry), len(rt.weights.snapshot()))
+                log.info(
+                    "replicas ready: %d experiments, %d allocations",
+                    len(rt.registry),
+                    len(rt.weights.snapshot()),
+                )
                 rt.replicas_ready.set()
     finally:
         await consumer.stop()

@@ -43,10 +43,13 @@ async def track_batch(rt: Runtime, batch: Sequence[RawEvent]) -> None:
         changed = tx.changed_segments()
         changed |= {(experiment_id, GLOBAL_SEGMENT) for experiment_id, _ in changed}
         # sent before the commit: a crash in between re-sends them (idempotent), never loses
-        await rt.send(SEGMENT_DELTAS, (
-            (allocation_key(e, s).encode(), {"experiment_id": e, "segment_key": s})
-            for e, s in sorted(changed)
-        ))
+        await rt.send(
+            SEGMENT_DELTAS,
+            (
+                (allocation_key(e, s).encode(), {"experiment_id": e, "segment_key": s})
+                for e, s in sorted(changed)
+            ),
+        )
         await rt.dead_letter(refused)
     for event in batch:
         metrics.EVENTS_IN.labels(topic=rt.base_of.get(event.topic, event.topic)).inc()

@@ -23,10 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--variants", help="comma-separated variant ids, e.g. a,b,c")
     create.add_argument("--name")
     create.add_argument("--features", default="", help="context features, e.g. device,source")
-    create.add_argument("--policy", default="pooled",
-                        choices=["uniform", "global", "segment", "pooled"])
-    create.add_argument("--exploration", default="default",
-                        choices=["default", "aggressive", "conservative"])
+    create.add_argument(
+        "--policy", default="pooled", choices=["uniform", "global", "segment", "pooled"]
+    )
+    create.add_argument(
+        "--exploration", default="default", choices=["default", "aggressive", "conservative"]
+    )
     create.add_argument("--attribution-window", type=int, default=86_400, metavar="SECONDS")
     create.add_argument("--holdout", type=float, default=0.0, metavar="SHARE")
     create.add_argument("--no-sticky", action="store_true")
@@ -41,16 +43,23 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.action == "create":
         experiment = asyncio.run(save_experiment(settings, _definition(args)))
-        print(f"created {experiment.experiment_id}: variants {', '.join(experiment.variant_ids)}, "
-              f"policy {experiment.policy_name}, segments by "
-              f"{', '.join(experiment.context_features) or 'nothing (one segment)'}")
+        print(
+            f"created {experiment.experiment_id}: variants {', '.join(experiment.variant_ids)}, "
+            f"policy {experiment.policy_name}, segments by "
+            f"{', '.join(experiment.context_features) or 'nothing (one segment)'}"
+        )
     elif args.action == "list":
         for e in asyncio.run(load_experiments(settings)):
-            print(f"{e.experiment_id:<28} {e.status:<8} v{e.version:<3} {e.policy_name:<8} "
-                  f"variants={','.join(e.variant_ids)} features={','.join(e.context_features)}")
+            print(
+                f"{e.experiment_id:<28} {e.status:<8} v{e.version:<3} {e.policy_name:<8} "
+                f"variants={','.join(e.variant_ids)} features={','.join(e.context_features)}"
+            )
     elif args.action == "show":
-        found = [e for e in asyncio.run(load_experiments(settings))
-                 if e.experiment_id == args.experiment_id]
+        found = [
+            e
+            for e in asyncio.run(load_experiments(settings))
+            if e.experiment_id == args.experiment_id
+        ]
         if not found:
             msg = f"no experiment {args.experiment_id!r}"
             raise ExperimentError(msg)

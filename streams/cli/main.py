@@ -86,9 +86,17 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     asyncio.run(ensure_topics(settings))
     from streams.app import app
 
-    argv = ["worker", "-l", settings.log_level, "--web-host", settings.web_host,
-            "--web-port", str(settings.web_port)]
-    app.main(argv)
+    sys.argv = [
+        "bandit-stream",
+        "worker",
+        "-l",
+        settings.log_level,
+        "--web-host",
+        settings.web_host,
+        "--web-port",
+        str(settings.web_port),
+    ]
+    app.main()  # faust's CLI reads sys.argv and exits by itself
     return 0
 
 

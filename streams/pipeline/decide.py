@@ -64,19 +64,26 @@ def prepare_visits(
             continue
         assert experiment is not None
         if recent.seen_before(doc["event_id"], event):
-            rejects.append(reject(event, RejectReason.DUPLICATE_EVENT,
-                                  f"visit event_id {doc['event_id']!r} was already processed; "
-                                  "producers must give every visit its own event_id"))
+            rejects.append(
+                reject(
+                    event,
+                    RejectReason.DUPLICATE_EVENT,
+                    f"visit event_id {doc['event_id']!r} was already processed; "
+                    "producers must give every visit its own event_id",
+                )
+            )
             continue
         features = extract_context(doc.get("context") or {}, parse_timestamp(doc["occurred_at"]))
-        visits.append(Visit(
-            event=event,
-            event_id=doc["event_id"],
-            visitor_id=doc["visitor_id"],
-            experiment=experiment,
-            segment_key=segment_key(features, experiment.context_features),
-            occurred_at=parse_timestamp(doc["occurred_at"]),
-        ))
+        visits.append(
+            Visit(
+                event=event,
+                event_id=doc["event_id"],
+                visitor_id=doc["visitor_id"],
+                experiment=experiment,
+                segment_key=segment_key(features, experiment.context_features),
+                occurred_at=parse_timestamp(doc["occurred_at"]),
+            )
+        )
     return visits, rejects
 
 
@@ -84,13 +91,19 @@ def _refuse_experiment(
     event: RawEvent, experiment_id: str, experiment: Experiment | None
 ) -> Reject | None:
     if experiment is None:
-        return reject(event, RejectReason.UNKNOWN_EXPERIMENT,
-                      f"experiment {experiment_id!r} is not defined; create it with "
-                      "`bandit-stream experiment create` before sending its events")
+        return reject(
+            event,
+            RejectReason.UNKNOWN_EXPERIMENT,
+            f"experiment {experiment_id!r} is not defined; create it with "
+            "`bandit-stream experiment create` before sending its events",
+        )
     if experiment.status != "running":
-        return reject(event, RejectReason.EXPERIMENT_NOT_RUNNING,
-                      f"experiment {experiment_id!r} is {experiment.status}; only running "
-                      "experiments take events")
+        return reject(
+            event,
+            RejectReason.EXPERIMENT_NOT_RUNNING,
+            f"experiment {experiment_id!r} is {experiment.status}; only running "
+            "experiments take events",
+        )
     return None
 
 
@@ -124,7 +137,11 @@ def decide(
     experiment = visit.experiment
     variant_ids = experiment.variant_ids
     version = 0
-    if sticky is not None and experiment.sticky and experiment.index_of(sticky.variant_id) is not None:
+    if (
+        sticky is not None
+        and experiment.sticky
+        and experiment.index_of(sticky.variant_id) is not None
+    ):
         variant, propensity, source = sticky.variant_id, 1.0, "sticky"
     else:
         found = weights.lookup(experiment.experiment_id, visit.segment_key)
@@ -158,8 +175,9 @@ def decide(
 
 def sticky_keys(visits: Sequence[Visit]) -> list[tuple[str, str]]:
     """(experiment_id, visitor_id) of the visits whose experiment is sticky."""
-    return sorted({(v.experiment.experiment_id, v.visitor_id) for v in visits
-                   if v.experiment.sticky})
+    return sorted(
+        {(v.experiment.experiment_id, v.visitor_id) for v in visits if v.experiment.sticky}
+    )
 
 
 def decide_all(

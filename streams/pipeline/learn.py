@@ -68,7 +68,8 @@ def allocation_document(
         "experiment_id": experiment.experiment_id,
         "segment_key": segment_key,
         "weights": {
-            v: float(p) for v, p in zip(experiment.variant_ids, allocation.probabilities, strict=True)
+            v: float(p)
+            for v, p in zip(experiment.variant_ids, allocation.probabilities, strict=True)
         },
         "source": allocation.source,
         "version": max(1, sum(exposures.values()) + sum(conversions.values())),
@@ -78,7 +79,9 @@ def allocation_document(
     }
 
 
-def moved(previous: Mapping[str, float] | None, current: Mapping[str, float], threshold: float) -> bool:
+def moved(
+    previous: Mapping[str, float] | None, current: Mapping[str, float], threshold: float
+) -> bool:
     """True when the weights are new or some variant's probability moved by > threshold."""
     if previous is None or set(previous) != set(current):
         return True

@@ -75,34 +75,60 @@ def prepare_track(
             continue
         experiment = registry.get(doc["experiment_id"])
         if experiment is None:
-            rejects.append(reject(event, RejectReason.UNKNOWN_EXPERIMENT,
-                                  f"experiment {doc['experiment_id']!r} is not defined"))
+            rejects.append(
+                reject(
+                    event,
+                    RejectReason.UNKNOWN_EXPERIMENT,
+                    f"experiment {doc['experiment_id']!r} is not defined",
+                )
+            )
             continue
         if experiment.status == "stopped":
-            rejects.append(reject(event, RejectReason.EXPERIMENT_NOT_RUNNING,
-                                  f"experiment {doc['experiment_id']!r} is stopped; its "
-                                  "counts are final"))
+            rejects.append(
+                reject(
+                    event,
+                    RejectReason.EXPERIMENT_NOT_RUNNING,
+                    f"experiment {doc['experiment_id']!r} is stopped; its counts are final",
+                )
+            )
             continue
         if contract == "exposures":
             if experiment.index_of(doc["variant_id"]) is None:
-                rejects.append(reject(event, RejectReason.UNKNOWN_VARIANT,
-                                      f"variant {doc['variant_id']!r} is not one of experiment "
-                                      f"{experiment.experiment_id!r}'s variants "
-                                      f"{list(experiment.variant_ids)}"))
+                rejects.append(
+                    reject(
+                        event,
+                        RejectReason.UNKNOWN_VARIANT,
+                        f"variant {doc['variant_id']!r} is not one of experiment "
+                        f"{experiment.experiment_id!r}'s variants "
+                        f"{list(experiment.variant_ids)}",
+                    )
+                )
                 continue
-            exposures.append(Exposure(
-                event, doc["event_id"], doc["experiment_id"], doc["visitor_id"],
-                doc["variant_id"], doc["decision_id"], doc["segment_key"],
-                parse_timestamp(doc["occurred_at"]),
-            ))
+            exposures.append(
+                Exposure(
+                    event,
+                    doc["event_id"],
+                    doc["experiment_id"],
+                    doc["visitor_id"],
+                    doc["variant_id"],
+                    doc["decision_id"],
+                    doc["segment_key"],
+                    parse_timestamp(doc["occurred_at"]),
+                )
+            )
         else:
             value = doc.get("value")
-            conversions.append(Conversion(
-                event, doc["event_id"], doc["experiment_id"], doc["visitor_id"],
-                parse_timestamp(doc["occurred_at"]),
-                float(value) if value is not None else None,
-                timedelta(seconds=experiment.attribution_window_seconds),
-            ))
+            conversions.append(
+                Conversion(
+                    event,
+                    doc["event_id"],
+                    doc["experiment_id"],
+                    doc["visitor_id"],
+                    parse_timestamp(doc["occurred_at"]),
+                    float(value) if value is not None else None,
+                    timedelta(seconds=experiment.attribution_window_seconds),
+                )
+            )
     return exposures, conversions, rejects
 
 
@@ -123,20 +149,34 @@ def attribute(
     for conversion in conversions:
         exposures = candidates.get((conversion.experiment_id, conversion.visitor_id), [])
         if any(e.conversion_event_id == conversion.event_id for e in exposures):
-            rejects.append(reject(conversion.event, RejectReason.DUPLICATE_EVENT,
-                                  f"conversion event_id {conversion.event_id!r} was already "
-                                  "counted"))
+            rejects.append(
+                reject(
+                    conversion.event,
+                    RejectReason.DUPLICATE_EVENT,
+                    f"conversion event_id {conversion.event_id!r} was already counted",
+                )
+            )
             continue
-        target = next((e for e in sorted(exposures, key=lambda e: e.exposed_at, reverse=True)
-                       if e.exposed_at <= conversion.occurred_at <= e.exposed_at
-                       + conversion.window), None)
+        target = next(
+            (
+                e
+                for e in sorted(exposures, key=lambda e: e.exposed_at, reverse=True)
+                if e.exposed_at <= conversion.occurred_at <= e.exposed_at + conversion.window
+            ),
+            None,
+        )
         if target is None:
             waiting.append(conversion)
         elif target.conversion_event_id is not None:
-            rejects.append(reject(conversion.event, RejectReason.UNATTRIBUTABLE,
-                                  f"conversion {conversion.event_id!r} is not counted: its "
-                                  "exposure already has a conversion (at most one per "
-                                  "exposure)"))
+            rejects.append(
+                reject(
+                    conversion.event,
+                    RejectReason.UNATTRIBUTABLE,
+                    f"conversion {conversion.event_id!r} is not counted: its "
+                    "exposure already has a conversion (at most one per "
+                    "exposure)",
+                )
+            )
         else:
             target.conversion_event_id = conversion.event_id
             attributed.append(Attributed(conversion, target))
@@ -156,6 +196,9 @@ def dedupe_exposures(exposures: Sequence[Exposure]) -> tuple[list[Exposure], lis
 
 
 def duplicate_exposure(exposure: Exposure) -> Reject:
-    return reject(exposure.event, RejectReason.DUPLICATE_EVENT,
-                  f"decision {exposure.decision_id!r} was already exposed (event "
-                  f"{exposure.event_id!r}); each decision's exposure counts once")
+    return reject(
+        exposure.event,
+        RejectReason.DUPLICATE_EVENT,
+        f"decision {exposure.decision_id!r} was already exposed (event "
+        f"{exposure.event_id!r}); each decision's exposure counts once",
+    )

@@ -41,10 +41,15 @@ async def save_experiment(settings: Settings, doc: dict[str, Any]) -> Experiment
                 VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9)
                 ON CONFLICT (experiment_id) DO NOTHING RETURNING 1
                 """,
-                experiment.experiment_id, experiment.name, experiment.status,
-                list(experiment.context_features), orjson.dumps(dict(experiment.policy)).decode(),
-                experiment.attribution_window_seconds, experiment.holdout_share,
-                experiment.sticky, experiment.version,
+                experiment.experiment_id,
+                experiment.name,
+                experiment.status,
+                list(experiment.context_features),
+                orjson.dumps(dict(experiment.policy)).decode(),
+                experiment.attribution_window_seconds,
+                experiment.holdout_share,
+                experiment.sticky,
+                experiment.version,
             )
             if not inserted:
                 msg = f"experiment {experiment.experiment_id!r} exists already"
@@ -52,8 +57,12 @@ async def save_experiment(settings: Settings, doc: dict[str, Any]) -> Experiment
             await conn.executemany(
                 "INSERT INTO variants (experiment_id, variant_id, name, position) "
                 "VALUES ($1, $2, $3, $4)",
-                [(experiment.experiment_id, v, n, i) for i, (v, n) in
-                 enumerate(zip(experiment.variant_ids, experiment.variant_names, strict=True))],
+                [
+                    (experiment.experiment_id, v, n, i)
+                    for i, (v, n) in enumerate(
+                        zip(experiment.variant_ids, experiment.variant_names, strict=True)
+                    )
+                ],
             )
             await _publish(settings, experiment)
     finally:
@@ -75,16 +84,25 @@ async def load_experiments(settings: Settings) -> list[Experiment]:
     finally:
         await conn.close()
     return [
-        experiment_from_document({
-            "experiment_id": r["experiment_id"], "name": r["name"], "status": r["status"],
-            "variants": [{"variant_id": v, **({"name": n} if n else {})}
-                         for v, n in zip(r["variant_ids"], r["variant_names"], strict=True)],
-            "context_features": list(r["context_features"]),
-            "policy": orjson.loads(r["policy"]),
-            "attribution_window_seconds": r["attribution_window_seconds"],
-            "holdout_share": r["holdout_share"], "sticky": r["sticky"], "version": r["version"],
-            "created_at": _stamp(r["created_at"]), "updated_at": _stamp(r["updated_at"]),
-        })
+        experiment_from_document(
+            {
+                "experiment_id": r["experiment_id"],
+                "name": r["name"],
+                "status": r["status"],
+                "variants": [
+                    {"variant_id": v, **({"name": n} if n else {})}
+                    for v, n in zip(r["variant_ids"], r["variant_names"], strict=True)
+                ],
+                "context_features": list(r["context_features"]),
+                "policy": orjson.loads(r["policy"]),
+                "attribution_window_seconds": r["attribution_window_seconds"],
+                "holdout_share": r["holdout_share"],
+                "sticky": r["sticky"],
+                "version": r["version"],
+                "created_at": _stamp(r["created_at"]),
+                "updated_at": _stamp(r["updated_at"]),
+            }
+        )
         for r in rows
     ]
 
@@ -97,8 +115,9 @@ def _stamp(dt: datetime) -> str:
 
 async def set_status(settings: Settings, experiment_id: str, status: str) -> Experiment:
     """pause / stop / resume: bump the version, update Postgres, publish."""
-    current = next((e for e in await load_experiments(settings)
-                    if e.experiment_id == experiment_id), None)
+    current = next(
+        (e for e in await load_experiments(settings) if e.experiment_id == experiment_id), None
+    )
     if current is None:
         msg = f"no experiment {experiment_id!r}"
         raise ExperimentError(msg)
@@ -109,7 +128,9 @@ async def set_status(settings: Settings, experiment_id: str, status: str) -> Exp
             await conn.execute(
                 "UPDATE experiments SET status = $2, version = $3, updated_at = now() "
                 "WHERE experiment_id = $1",
-                experiment_id, changed.status, changed.version,
+                experiment_id,
+                changed.status,
+                changed.version,
             )
             await _publish(settings, changed)
     finally:

@@ -30,8 +30,9 @@ class TrackBatch:
 
     conn: asyncpg.Connection
     fresh: list[RawEvent]
-    deltas: dict[CountKey, list[float]] = field(default_factory=lambda: defaultdict(
-        lambda: [0, 0, 0.0]))
+    deltas: dict[CountKey, list[float]] = field(
+        default_factory=lambda: defaultdict(lambda: [0, 0, 0.0])
+    )
     exposed_pairs: set[tuple[str, str]] = field(default_factory=set)
 
     async def insert_exposures(self, exposures: Sequence[Exposure]) -> set[str]:
@@ -47,9 +48,12 @@ class TrackBatch:
             ON CONFLICT (decision_id) DO NOTHING
             RETURNING decision_id, experiment_id, visitor_id, segment_key, variant_id
             """,
-            [e.decision_id for e in exposures], [e.experiment_id for e in exposures],
-            [e.visitor_id for e in exposures], [e.variant_id for e in exposures],
-            [e.segment_key for e in exposures], [e.event_id for e in exposures],
+            [e.decision_id for e in exposures],
+            [e.experiment_id for e in exposures],
+            [e.visitor_id for e in exposures],
+            [e.variant_id for e in exposures],
+            [e.segment_key for e in exposures],
+            [e.event_id for e in exposures],
             [e.occurred_at for e in exposures],
         )
         for row in rows:
@@ -72,14 +76,20 @@ class TrackBatch:
               ON e.experiment_id = k.experiment_id AND e.visitor_id = k.visitor_id
             ORDER BY e.exposed_at DESC
             """,
-            [k[0] for k in keys], [k[1] for k in keys],
+            [k[0] for k in keys],
+            [k[1] for k in keys],
         )
         found: dict[tuple[str, str], list[ExposureRecord]] = defaultdict(list)
         for r in rows:
-            found[(r["experiment_id"], r["visitor_id"])].append(ExposureRecord(
-                r["decision_id"], r["variant_id"], r["segment_key"], r["exposed_at"],
-                r["conversion_event_id"],
-            ))
+            found[(r["experiment_id"], r["visitor_id"])].append(
+                ExposureRecord(
+                    r["decision_id"],
+                    r["variant_id"],
+                    r["segment_key"],
+                    r["exposed_at"],
+                    r["conversion_event_id"],
+                )
+            )
         return found
 
     async def record_conversions(self, attributed: Sequence[Attributed]) -> None:
@@ -118,11 +128,16 @@ class TrackBatch:
                                  $10::bytea[])
             ON CONFLICT (event_id) DO NOTHING
             """,
-            [c.event_id for c in waiting], [c.experiment_id for c in waiting],
-            [c.visitor_id for c in waiting], [c.occurred_at for c in waiting],
-            [c.value for c in waiting], [int(c.window.total_seconds()) for c in waiting],
-            [c.event.topic for c in waiting], [c.event.partition for c in waiting],
-            [c.event.offset for c in waiting], [c.event.value for c in waiting],
+            [c.event_id for c in waiting],
+            [c.experiment_id for c in waiting],
+            [c.visitor_id for c in waiting],
+            [c.occurred_at for c in waiting],
+            [c.value for c in waiting],
+            [int(c.window.total_seconds()) for c in waiting],
+            [c.event.topic for c in waiting],
+            [c.event.partition for c in waiting],
+            [c.event.offset for c in waiting],
+            [c.event.value for c in waiting],
         )
 
     async def unpark_conversions(self, pairs: Sequence[tuple[str, str]]) -> list[Conversion]:
@@ -136,14 +151,18 @@ class TrackBatch:
             WHERE p.experiment_id = k.experiment_id AND p.visitor_id = k.visitor_id
             RETURNING p.*
             """,
-            [k[0] for k in pairs], [k[1] for k in pairs],
+            [k[0] for k in pairs],
+            [k[1] for k in pairs],
         )
         return [
             Conversion(
-                RawEvent(r["source_topic"], r["partition"], r["source_offset"], None,
-                         r["payload"]),
-                r["event_id"], r["experiment_id"], r["visitor_id"], r["occurred_at"],
-                r["value"], timedelta(seconds=r["window_seconds"]),
+                RawEvent(r["source_topic"], r["partition"], r["source_offset"], None, r["payload"]),
+                r["event_id"],
+                r["experiment_id"],
+                r["visitor_id"],
+                r["occurred_at"],
+                r["value"],
+                timedelta(seconds=r["window_seconds"]),
             )
             for r in sorted(rows, key=lambda r: r["occurred_at"])
         ]
@@ -164,8 +183,11 @@ class TrackBatch:
                 conversion_value = s.conversion_value + EXCLUDED.conversion_value,
                 updated_at = now()
             """,
-            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-            [int(self.deltas[k][0]) for k in keys], [int(self.deltas[k][1]) for k in keys],
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+            [int(self.deltas[k][0]) for k in keys],
+            [int(self.deltas[k][1]) for k in keys],
             [float(self.deltas[k][2]) for k in keys],
         )
 
@@ -189,7 +211,9 @@ class StateStore:
         await self.pool.close()
 
     @asynccontextmanager
-    async def track_batch(self, stage: str, events: Sequence[RawEvent]) -> AsyncIterator[TrackBatch]:
+    async def track_batch(
+        self, stage: str, events: Sequence[RawEvent]
+    ) -> AsyncIterator[TrackBatch]:
         """Open the batch's transaction; commit its effects with its offsets on exit."""
         last: dict[tuple[str, int], int] = {}
         for e in events:
@@ -202,7 +226,10 @@ class StateStore:
                 SELECT $1, * FROM unnest($2::text[], $3::int[], $4::bigint[])
                 ON CONFLICT DO NOTHING
                 """,
-                stage, [p[0] for p in parts], [p[1] for p in parts], [-1] * len(parts),
+                stage,
+                [p[0] for p in parts],
+                [p[1] for p in parts],
+                [-1] * len(parts),
             )
             rows = await conn.fetch(
                 """
@@ -213,7 +240,9 @@ class StateStore:
                 ORDER BY w.topic, w.partition
                 FOR UPDATE OF w
                 """,
-                stage, [p[0] for p in parts], [p[1] for p in parts],
+                stage,
+                [p[0] for p in parts],
+                [p[1] for p in parts],
             )
             applied = {(r["topic"], r["partition"]): r["last_offset"] for r in rows}
             fresh = [e for e in events if e.offset > applied.get((e.topic, e.partition), -1)]
@@ -227,7 +256,10 @@ class StateStore:
                 WHERE w.stage = $1 AND w.topic = p.topic AND w.partition = p.partition
                   AND p.last_offset > w.last_offset
                 """,
-                stage, [p[0] for p in parts], [p[1] for p in parts], [last[p] for p in parts],
+                stage,
+                [p[0] for p in parts],
+                [p[1] for p in parts],
+                [last[p] for p in parts],
             )
 
     async def sticky(
@@ -245,21 +277,27 @@ class StateStore:
               ON e.experiment_id = k.experiment_id AND e.visitor_id = k.visitor_id
             ORDER BY e.experiment_id, e.visitor_id, e.exposed_at DESC
             """,
-            [k[0] for k in keys], [k[1] for k in keys],
+            [k[0] for k in keys],
+            [k[1] for k in keys],
         )
-        return {(r["experiment_id"], r["visitor_id"]): StickyAssignment(
-            r["variant_id"], r["segment_key"]) for r in rows}
+        return {
+            (r["experiment_id"], r["visitor_id"]): StickyAssignment(
+                r["variant_id"], r["segment_key"]
+            )
+            for r in rows
+        }
 
     async def segment_counts(
         self, experiment_id: str, segment_keys: Sequence[str] | None = None
     ) -> dict[str, dict[str, tuple[int, int]]]:
-        """{segment: {variant: (exposures, conversions)}} of an experiment (all segments by default)."""
+        """{segment: {variant: (exposures, conversions)}}; every segment by default."""
         rows = await self.pool.fetch(
             """
             SELECT segment_key, variant_id, exposures, conversions FROM variant_segment_state
             WHERE experiment_id = $1 AND ($2::text[] IS NULL OR segment_key = ANY($2::text[]))
             """,
-            experiment_id, list(segment_keys) if segment_keys is not None else None,
+            experiment_id,
+            list(segment_keys) if segment_keys is not None else None,
         )
         out: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
         for r in rows:

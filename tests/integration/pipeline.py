@@ -72,14 +72,21 @@ def _secret(value: str) -> Any:
 
 async def create_experiment(p: Pipeline, experiment_id: str, **kwargs: Any) -> None:
     doc = new_experiment_document(
-        experiment_id, kwargs.pop("variants", ["a", "b", "c"]),
-        context_features=kwargs.pop("context_features", ["device", "source"]), **kwargs,
+        experiment_id,
+        kwargs.pop("variants", ["a", "b", "c"]),
+        context_features=kwargs.pop("context_features", ["device", "source"]),
+        **kwargs,
     )
     await save_experiment(p.settings, doc)
 
 
-def visit(experiment_id: str, visitor_id: str, ua: str = IPHONE_INSTAGRAM,
-          utm_source: str = "instagram", **extra: Any) -> dict[str, Any]:
+def visit(
+    experiment_id: str,
+    visitor_id: str,
+    ua: str = IPHONE_INSTAGRAM,
+    utm_source: str = "instagram",
+    **extra: Any,
+) -> dict[str, Any]:
     return {
         "event_id": str(uuid.uuid4()),
         "experiment_id": experiment_id,
@@ -113,12 +120,14 @@ def conversion(decision: dict[str, Any]) -> dict[str, Any]:
 
 async def produce(p: Pipeline, base: str, items: list[tuple[str, bytes]]) -> None:
     """Send (key, raw value) pairs to a topic, all acknowledged."""
-    producer = AIOKafkaProducer(bootstrap_servers=p.settings.bootstrap_servers, acks="all",
-                                linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=p.settings.bootstrap_servers, acks="all", linger_ms=5
+    )
     await producer.start()
     try:
-        futures = [await producer.send(p.topic(base), value, key=key.encode())
-                   for key, value in items]
+        futures = [
+            await producer.send(p.topic(base), value, key=key.encode()) for key, value in items
+        ]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -129,12 +138,19 @@ async def produce_docs(p: Pipeline, base: str, docs: list[dict[str, Any]]) -> No
 
 
 async def read(
-    p: Pipeline, base: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float = 60,
+    p: Pipeline,
+    base: str,
+    until: Callable[[list[dict[str, Any]]], bool],
+    timeout: float = 60,
     contract: str | None = None,
 ) -> list[dict[str, Any]]:
     """Read a topic from the beginning until `until(docs)` holds; validate every document."""
-    consumer = AIOKafkaConsumer(p.topic(base), bootstrap_servers=p.settings.bootstrap_servers,
-                                auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        p.topic(base),
+        bootstrap_servers=p.settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
     await consumer.start()
     docs: list[dict[str, Any]] = []
     try:

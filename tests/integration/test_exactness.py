@@ -32,14 +32,17 @@ async def _totals(p: Pipeline) -> tuple[int, int]:
     try:
         row = await conn.fetchrow(
             "SELECT coalesce(sum(exposures), 0)::bigint AS e, "
-            "coalesce(sum(conversions), 0)::bigint AS c FROM variant_segment_state")
+            "coalesce(sum(conversions), 0)::bigint AS c FROM variant_segment_state"
+        )
         per_key = await conn.fetch(
-            "SELECT segment_key, variant_id, exposures, conversions FROM variant_segment_state")
+            "SELECT segment_key, variant_id, exposures, conversions FROM variant_segment_state"
+        )
     finally:
         await conn.close()
     assert row is not None
-    _totals.last = {(r["segment_key"], r["variant_id"]): (r["exposures"], r["conversions"])
-                    for r in per_key}  # type: ignore[attr-defined]
+    _totals.last = {
+        (r["segment_key"], r["variant_id"]): (r["exposures"], r["conversions"]) for r in per_key
+    }  # type: ignore[attr-defined]
     return int(row["e"]), int(row["c"])
 
 
@@ -75,7 +78,7 @@ async def test_restart_mid_stream_leaves_counts_exact(pipeline: Pipeline, stop: 
             assert first.stop() == 0
         else:
             first.kill()
-    assert 0 < partial[0], "the first worker applied part of the stream before it stopped"
+    assert partial[0] > 0, "the first worker applied part of the stream before it stopped"
     mid = await _totals(pipeline)
 
     second = pipeline.worker("second").start()

@@ -11,17 +11,16 @@ import pytest
 
 from streams.settings import Settings
 from tests.integration.pipeline import (
-    conversions_for,
-    synthetic_exposures,
     DESKTOP_CHROME,
     Pipeline,
-    conversion,
+    conversions_for,
     create_experiment,
     exposure,
     prepare,
     produce,
     produce_docs,
     read,
+    synthetic_exposures,
     visit,
 )
 
@@ -38,7 +37,9 @@ async def _counts(p: Pipeline, experiment_id: str) -> dict[tuple[str, str], tupl
     try:
         rows = await conn.fetch(
             "SELECT segment_key, variant_id, exposures, conversions FROM variant_segment_state "
-            "WHERE experiment_id = $1", experiment_id)
+            "WHERE experiment_id = $1",
+            experiment_id,
+        )
     finally:
         await conn.close()
     return {(r["segment_key"], r["variant_id"]): (r["exposures"], r["conversions"]) for r in rows}
@@ -72,10 +73,18 @@ async def test_visits_get_decisions_and_bad_input_goes_to_deadletter(pipeline: P
         assert d["segment_key"] == "device:mobile|source:instagram"
         assert d["source"] == "uniform" and abs(d["propensity"] - 1 / 3) < 1e-9
     reasons = sorted(d["reason"] for d in dead)
-    assert reasons == sorted([
-        "malformed_json", "invalid_utf8", "schema_violation", "unknown_experiment",
-        "not_an_object", "oversized", "future_timestamp", "duplicate_event",
-    ])
+    assert reasons == sorted(
+        [
+            "malformed_json",
+            "invalid_utf8",
+            "schema_violation",
+            "unknown_experiment",
+            "not_an_object",
+            "oversized",
+            "future_timestamp",
+            "duplicate_event",
+        ]
+    )
     assert all(d["source_topic"] == pipeline.topic("visits") and d["detail"] for d in dead)
 
 
@@ -103,15 +112,21 @@ async def test_conversions_move_their_segment_and_sticky_visitors_keep_their_var
 
         n_mobile = sum(e["segment_key"] == mobile for e in exposures)
         n_desktop = len(exposures) - n_mobile
-        before = await read(pipeline, "allocations", lambda d: counted(d, mobile, n_mobile)
-                            and counted(d, desktop, n_desktop))
+        before = await read(
+            pipeline,
+            "allocations",
+            lambda d: counted(d, mobile, n_mobile) and counted(d, desktop, n_desktop),
+        )
         desktop_before = latest(before, desktop)
         assert desktop_before is not None
 
         winners = [e for e in exposures if e["segment_key"] == mobile and e["variant_id"] == "b"]
         await produce_docs(pipeline, "conversions", conversions_for(winners[:60]))
-        after = await read(pipeline, "allocations",
-                           lambda d: (latest(d, mobile) or {}).get("conversions", {}).get("b") == 60)
+        after = await read(
+            pipeline,
+            "allocations",
+            lambda d: (latest(d, mobile) or {}).get("conversions", {}).get("b") == 60,
+        )
 
         # a sticky visitor: shown "c" (whatever was decided), comes back, keeps "c"
         first = visit("learn", "sticky-visitor", ua=DESKTOP_CHROME, utm_source="google")
@@ -147,14 +162,20 @@ async def test_two_workers_split_partitions_and_each_replicates_every_allocation
         decisions = await read(pipeline, "decisions", lambda d: len(d) >= 400)
         await asyncio.sleep(1)
         decisions = await read(pipeline, "decisions", lambda d: len(d) > 400, timeout=2)
-        exposures = synthetic_exposures("pair", ["device:mobile|source:instagram",
-                                                 "device:desktop|source:google"],
-                                        ["a", "b", "c"], 300, seed=5)
+        exposures = synthetic_exposures(
+            "pair",
+            ["device:mobile|source:instagram", "device:desktop|source:google"],
+            ["a", "b", "c"],
+            300,
+            seed=5,
+        )
         await produce_docs(pipeline, "exposures", exposures)
         allocations = await read(pipeline, "allocations", lambda d: len(d) >= 3)
         await asyncio.sleep(2)
-        seen = [_metric(w.web_port, 'bandit_replica_updates_total{replica="allocations"}')
-                for w in workers]
+        seen = [
+            _metric(w.web_port, 'bandit_replica_updates_total{replica="allocations"}')
+            for w in workers
+        ]
         logs = [w.log_text() for w in workers]
     finally:
         codes = [w.stop() for w in workers]

@@ -84,8 +84,9 @@ class FaustWorker:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited early ({self.proc.returncode}):\n"
-                                     + self.log_text()[-4000:])
+                raise AssertionError(
+                    f"worker exited early ({self.proc.returncode}):\n" + self.log_text()[-4000:]
+                )
             try:
                 url = f"http://127.0.0.1:{self.web_port}/ready"
                 with urllib.request.urlopen(url, timeout=2) as response:
