@@ -8,7 +8,6 @@ same decision_id and, under the same weights, the same variant.
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,10 +15,11 @@ from typing import Any
 
 from streams.contracts import RejectReason, format_timestamp, parse_timestamp
 from streams.core.context import extract_context
+from streams.core.decide import deterministic_uniform, in_holdout
 from streams.core.segments import segment_key
 from streams.experiments import Experiment, ExperimentRegistry
 from streams.pipeline.events import Limits, RawEvent, RecentIds, Reject, decode, reject
-from streams.pipeline.weights import WeightsReplica, uniform
+from streams.pipeline.weights import WeightsReplica, uniform_entry
 
 
 @dataclass(frozen=True)
@@ -113,20 +113,6 @@ def decision_id(experiment_id: str, event_id: str) -> str:
     return digest.hexdigest()
 
 
-def _uniform_draw(experiment_id: str, event_id: str, salt: str) -> float:
-    digest = hashlib.blake2b(f"{salt}\x1f{experiment_id}\x1f{event_id}".encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big") / 2**64
-
-
-def in_holdout(experiment: Experiment, visitor_id: str) -> bool:
-    """A stable share of visitors always gets the uniform split (bandit vs A/B, honestly)."""
-    if experiment.holdout_share <= 0:
-        return False
-    return _uniform_draw(experiment.experiment_id, visitor_id, "holdout") < (
-        experiment.holdout_share
-    )
-
-
 def decide(
     visit: Visit,
     weights: WeightsReplica,
@@ -135,7 +121,6 @@ def decide(
 ) -> dict[str, Any]:
     """The decision document for one visit (schemas/decisions.schema.json)."""
     experiment = visit.experiment
-    variant_ids = experiment.variant_ids
     version = 0
     if (
         sticky is not None
@@ -145,20 +130,18 @@ def decide(
         variant, propensity, source = sticky.variant_id, 1.0, "sticky"
     else:
         found = weights.lookup(experiment.experiment_id, visit.segment_key)
-        if in_holdout(experiment, visit.visitor_id):
-            probs, cumulative, source = None, None, "holdout"
-        elif found is None or found[0].variant_ids != variant_ids:
-            probs, cumulative, source = None, None, "uniform"
+        if in_holdout(visit.visitor_id, experiment.experiment_id, experiment.holdout_share):
+            entry, source = uniform_entry(experiment.variant_ids), "holdout"
+        elif found is None or found[0].variant_ids != experiment.variant_ids:
+            entry, source = uniform_entry(experiment.variant_ids), "uniform"
         else:
             entry, own_segment = found
-            probs, cumulative, version = entry.probabilities, entry.cumulative, entry.version
+            version = entry.version
             source = entry.source if own_segment else "global"
-        if probs is None or cumulative is None:
-            probs = uniform(len(variant_ids))
-            cumulative = tuple((i + 1) / len(variant_ids) for i in range(len(variant_ids)))
-        u = _uniform_draw(experiment.experiment_id, visit.event_id, "variant")
-        index = min(bisect_right(cumulative, u), len(variant_ids) - 1)
-        variant, propensity = variant_ids[index], probs[index]
+        index, propensity = entry.weights.choose(
+            deterministic_uniform(experiment.experiment_id, visit.event_id)
+        )
+        variant = entry.variant_ids[index]
     return {
         "decision_id": decision_id(experiment.experiment_id, visit.event_id),
         "event_id": visit.event_id,

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import accumulate
+from functools import lru_cache
 from typing import Any
+
+from streams.core.decide import CumulativeWeights
 
 GLOBAL_SEGMENT = "*"
 
@@ -18,10 +20,13 @@ class WeightsEntry:
     """One published allocation: probabilities per variant, in the experiment's order."""
 
     variant_ids: tuple[str, ...]
-    probabilities: tuple[float, ...]
-    cumulative: tuple[float, ...]
+    weights: CumulativeWeights
     source: str
     version: int
+
+    @property
+    def probabilities(self) -> tuple[float, ...]:
+        return self.weights.probabilities
 
 
 def weights_entry(
@@ -31,11 +36,17 @@ def weights_entry(
     raw = [max(0.0, float(probabilities.get(v, 0.0))) for v in variant_ids]
     total = sum(raw)
     probs = tuple(p / total for p in raw) if total > 0 else uniform(len(variant_ids))
-    return WeightsEntry(variant_ids, probs, tuple(accumulate(probs)), source, version)
+    return WeightsEntry(variant_ids, CumulativeWeights.from_probabilities(probs), source, version)
 
 
 def uniform(k: int) -> tuple[float, ...]:
     return tuple(1.0 / k for _ in range(k))
+
+
+@lru_cache(maxsize=1024)
+def uniform_entry(variant_ids: tuple[str, ...]) -> WeightsEntry:
+    """Equal weights, before any allocation exists (version 0)."""
+    return weights_entry(variant_ids, {}, "uniform", 0)
 
 
 def allocation_key(experiment_id: str, segment_key: str) -> str:
