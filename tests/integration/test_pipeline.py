@@ -66,6 +66,10 @@ async def test_visits_get_decisions_and_bad_input_goes_to_deadletter(pipeline: P
         decisions = await read(pipeline, "decisions", lambda d: len(d) >= 20)
         dead = await read(pipeline, "deadletter", lambda d: len(d) >= len(bad))
         assert worker.proc is not None and worker.proc.poll() is None, "the worker is still up"
+        counted = {
+            reason: _metric(worker.web_port, f'bandit_dead_letters_total{{reason="{reason}"}}')
+            for reason in ("malformed_json", "oversized", "duplicate_event")
+        }
     finally:
         assert worker.stop() == 0
     assert sorted(d["event_id"] for d in decisions) == sorted(v["event_id"] for v in visits)
@@ -86,6 +90,7 @@ async def test_visits_get_decisions_and_bad_input_goes_to_deadletter(pipeline: P
         ]
     )
     assert all(d["source_topic"] == pipeline.topic("visits") and d["detail"] for d in dead)
+    assert counted == {"malformed_json": 1.0, "oversized": 1.0, "duplicate_event": 1.0}
 
 
 async def test_conversions_move_their_segment_and_sticky_visitors_keep_their_variant(
