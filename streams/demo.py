@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
@@ -132,7 +133,6 @@ class Worker:
         """Start it with the demo's whole configuration, its services made explicit."""
         s, fields = self.settings, Settings.model_fields
         env = {str(f.validation_alias): str(getattr(s, n)) for n, f in fields.items()}
-        env.pop("KAFKA_BOOTSTRAP_SERVERS")
         env |= {"KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers, "DATABASE_URL": s.database_dsn}
         cmd = [sys.executable, "-m", "faust", "-A", "streams.app", "--datadir", str(self.datadir)]
         cmd += ["worker", "-l", "info", "--web-host", "127.0.0.1", "--web-port", str(self.port)]
@@ -179,7 +179,10 @@ def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return int(response.status) == 200
-    except OSError:  # refused while starting, 503 until the replicas caught up
+    except urllib.error.HTTPError as exc:  # 503 until the replicas caught up
+        exc.close()
+        return False
+    except OSError:  # refused while the worker starts
         return False
 
 
@@ -268,7 +271,9 @@ async def drive(
     rng, stats, progress = random.Random(), Stats(), Progress(seconds)
     servers = settings.bootstrap_servers
     producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=servers, group_id=None, auto_offset_reset="earliest"
+    )  # the topics are the run's own: read them from their beginning
     watched = {_topic(settings, b): b for b in (DECISIONS, ALLOCATIONS, DEADLETTER)}
     due: list[tuple[float, str]] = []  # (when, visitor_id) of the conversions to send
     pending: list[asyncio.Future[Any]] = []
@@ -322,6 +327,8 @@ async def drive(
                 sent += 1
             await step(20)
             progress.show(elapsed, stats, "sending")
+            if elapsed > 20 and not stats.seen:
+                worker.fail("no decision within 20 s of the first visit (is decide stuck?)")
         deadline = time.monotonic() + DRAIN_S  # every visit decided, every conversion sent ...
         while time.monotonic() < deadline and (len(stats.seen) < sent or due):
             await step(100)
@@ -361,8 +368,8 @@ async def _counted(settings: Settings, experiment_id: str) -> tuple[int, int]:
     return (int(row["e"]), int(row["c"])) if row else (0, 0)
 
 
-_HEAD = "segment|visits|true rate a/b/c|traffic a/b/c|weights now a/b/c|best now|true best|verdict"
-_WIDTHS = (-31, 6, -17, -17, -17, -11, -11, 0)  # per column; negative: left-aligned
+_HEAD = "segment|visits|true rate a/b/c|traffic a/b/c|weights a/b/c|best now|true best|verdict"
+_WIDTHS = (-30, 6, -15, -15, -14, -10, -10, 0)  # per column; negative: left-aligned
 
 
 def _row(*cells: object) -> str:
@@ -378,7 +385,7 @@ def _join(values: Iterable[float], spec: str) -> str:
 def report(stats: Stats, experiment_id: str) -> list[str]:
     """The results table (a row per segment, then the experiment-wide weights) and totals."""
     head = _row(*_HEAD.split("|"))
-    title = f"Results of {experiment_id} (weights now: the newest `allocations` record)"
+    title = f"Results of {experiment_id}: weights = the newest `allocations` record of the segment"
     lines = [title, "", head, "  " + "-" * (len(head) - 2)]
     overall_best = VARIANTS[OVERALL.index(max(OVERALL))]
     every: Counter[str] = Counter()
@@ -393,12 +400,13 @@ def report(stats: Stats, experiment_id: str) -> list[str]:
         doc = stats.allocations.get(key)
         state, top = verdict(doc, best)
         shares = [decided[v] / max(1, sum(decided.values())) for v in VARIANTS]
-        weights = _join([doc["weights"][v] for v in VARIANTS], "5.2f") if doc else "-"
+        weights = _join([doc["weights"][v] for v in VARIANTS], "4.2f") if doc else "-"
         visits = stats.visits[key] if key != "*" else sum(stats.visits.values())
-        rates_and_shares = [_join(rates, "5.1%"), _join(shares, "5.0%")]
+        rates_and_shares = [_join(rates, "4.0%"), _join(shares, "4.0%")]
         lines.append(_row(label, visits, *rates_and_shares, weights, top, best, state))
         if state != "found" and key != "*":
-            lagging.append(f"{key} ({state}, {top} at {doc['weights'][top]:.2f})" if doc else key)
+            lead = f", {top} leads with {doc['weights'][top]:.2f}" if doc else ""
+            lagging.append(f"    {key}: {state}{lead} (the true best is {best})")
     rate = stats.conversions / max(1, stats.exposures)
     oracle = sum(s.share * max(s.rates) for s in TRUTH)
     lines += [
@@ -409,10 +417,18 @@ def report(stats: Stats, experiment_id: str) -> list[str]:
         f"allocation updates read {stats.updates}; dead letters {sum(stats.dead.values())}",
         f"  conversion rate {rate:.2%} (even split {sum(OVERALL) / len(OVERALL):.2%}, always "
         f"{overall_best} {max(OVERALL):.2%}, each segment's best variant {oracle:.2%})",
-        f"  {stats.found()}/{len(TRUTH)} segments found their true best variant (weight >= "
-        f"{FOUND_AT})" + ("; not converged yet: " + ", ".join(lagging) if lagging else ""),
+        f"  {stats.found()}/{len(TRUTH)} segments found their true best variant (its weight >= "
+        f"{FOUND_AT})" + ("; not converged yet:" if lagging else ""),
+        *lagging,
     ]
     return lines + [f"  PROBLEM: {p}" for p in stats.problems()]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: asyncio.run then cancels its task cleanly (when SIGINT is not ignored)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        raise KeyboardInterrupt
+    signal.raise_signal(signal.SIGINT)
 
 
 def _say(step: str, text: str) -> None:
@@ -425,22 +441,28 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     verify_truth()
     began = time.monotonic()
     print(f"bandit-stream demo: {seconds:.0f} s of traffic at {rate:.0f} visits/s", flush=True)
-    restore = None
-    if threading.current_thread() is threading.main_thread():  # SIGTERM cleans up like Ctrl-C
-        restore = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    endpoints = local.up(settings)
-    for name, configured, started, where in (
-        ("kafka", settings.kafka_configured, endpoints.started_kafka, endpoints.bootstrap_servers),
-        ("postgres", settings.database_configured, endpoints.started_postgres, "(database)"),
-    ):
-        how = "configured" if configured else "started now" if started else "already running"
-        _say(name, f"{how}  {where}")
-    run = uuid.uuid4().hex[:8]
+    run = uuid.uuid4().hex[:8]  # the run's own experiment, topics and consumer group
     experiment_id, state = f"demo-{run}", settings.state_dir / "demo"
     prefix = f"{settings.topic_prefix}demo-{run}."
     demo = settings.model_copy(update={"topic_prefix": prefix, "app_id": f"demo-{run}"})
     worker = Worker(demo, state / "worker.log", state / f"data-{run}")
+    endpoints: local.Endpoints | None = None
+    restore = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM cleans up like Ctrl-C
+        restore = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        endpoints = local.up(settings)
+        for name, configured, started, where in (
+            (
+                "kafka",
+                settings.kafka_configured,
+                endpoints.started_kafka,
+                endpoints.bootstrap_servers,
+            ),
+            ("postgres", settings.database_configured, endpoints.started_postgres, "(database)"),
+        ):
+            how = "configured" if configured else "started now" if started else "already running"
+            _say(name, f"{how}  {where}")
         _say("database", f"migrated ({len(asyncio.run(migrate(demo.database_dsn)))} applied now)")
         _say("topics", f"{len(asyncio.run(ensure_topics(demo)))} created, prefix {prefix!r}")
         doc = new_experiment_document(experiment_id, list(VARIANTS), context_features=FEATURES)
@@ -458,9 +480,9 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         _say("worker", worker.stop())
         shutil.rmtree(worker.datadir, ignore_errors=True)
-        if args.keep_services:
+        if endpoints is not None and args.keep_services:
             _say("services", "left running (--keep-services): `bandit-stream services down`")
-        else:
+        elif endpoints is not None:
             down = local.down(settings, endpoints.started_kafka, endpoints.started_postgres)
             _say("services", f"stopped {', '.join(down)}" if down else "left as they were")
         _say("wall time", f"{time.monotonic() - began:.0f} s")
