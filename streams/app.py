@@ -75,7 +75,7 @@ async def decide(stream: Any) -> None:  # faust.Stream: take_events is not on St
     _bind_producer()
     async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
         batch = [raw_event(e.message) for e in events]
-        await runtime.retrying("decide", functools.partial(decide_batch, runtime, batch))
+        await runtime.run_batch("decide", functools.partial(decide_batch, runtime, batch))
 
 
 @app.agent(tracked_topic, concurrency=1)
@@ -84,7 +84,7 @@ async def track(stream: Any) -> None:
     _bind_producer()
     async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
         batch = [raw_event(e.message) for e in events]
-        await runtime.retrying("track", functools.partial(track_batch, runtime, batch))
+        await runtime.run_batch("track", functools.partial(track_batch, runtime, batch))
 
 
 @app.agent(deltas_topic, concurrency=1)
@@ -99,7 +99,7 @@ async def learn(stream: Any) -> None:
                 refs.add((str(doc["experiment_id"]), str(doc["segment_key"])))
             except (ValueError, KeyError, TypeError):
                 log.error("malformed segment delta ignored at offset %s", event.message.offset)
-        await runtime.retrying("learn", functools.partial(learner.changed, refs))
+        await runtime.run_batch("learn", functools.partial(learner.changed, refs))
 
 
 @app.timer(interval=max(0.2, settings.weights_min_interval_s))
@@ -128,3 +128,9 @@ async def ready(web: Any, request: Any) -> Any:
 @app.page("/metrics")
 async def prometheus(web: Any, request: Any) -> Any:
     return web.text(metrics.render().decode(), content_type="text/plain; version=0.0.4")
+
+
+@app.on_before_shutdown.connect
+async def _stopping(sender: Any, *args: Any, **kwargs: Any) -> None:
+    """A batch failing from now on ends the worker instead of being retried."""
+    runtime.stopping = True

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import orjson
 
@@ -40,6 +41,7 @@ class Runtime:
             max_future_skew=timedelta(seconds=settings.max_future_skew_s),
         )
         self.replicas_ready = asyncio.Event()
+        self.stopping = False
         self._store: StateStore | None = None
         self._store_lock = asyncio.Lock()
         self.send_raw: SendFn | None = None
@@ -81,6 +83,31 @@ class Runtime:
                 r.event.offset,
             )
 
+    async def run_batch(self, stage: str, step: Callable[[], Awaitable[T]]) -> T:
+        """Apply one batch; a worker stopping mid-batch finishes it before faust acks it.
+
+        faust acks a `take_events` batch when the agent leaves it, even by cancellation
+        (worker shutdown, rebalance). So the batch runs in its own task that cancellation
+        does not reach; if it cannot finish while the worker stops, the process exits at
+        once, committing nothing more: Kafka redelivers, and the offsets kept in Postgres
+        make the redelivery harmless.
+        """
+        task = asyncio.ensure_future(self.retrying(stage, step))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self.stopping = True
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=30)
+            except BaseException:
+                log.critical(
+                    "%s: the batch in flight could not be applied while stopping; "
+                    "exiting without committing it",
+                    stage,
+                )
+                os._exit(70)
+            raise
+
     async def retrying(self, stage: str, step: Callable[[], Awaitable[T]]) -> T:
         """Run a batch step until it succeeds: a batch is never acked before it is applied.
 
@@ -94,10 +121,22 @@ class Runtime:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if self.stopping:
+                    raise
                 metrics.STAGE_ERRORS.labels(stage=stage).inc()
                 log.exception("%s: batch failed, retrying in %.1f s", stage, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def _exit_uncommitted(stage: str) -> NoReturn:
+    log.critical(
+        "%s: the batch in flight could not be applied while the worker stops; "
+        "exiting without committing it (Kafka will deliver it again)",
+        stage,
+    )
+    logging.shutdown()
+    os._exit(70)
 
 
 def raw_event(message: Any) -> RawEvent:
