@@ -131,6 +131,6 @@ async def prometheus(web: Any, request: Any) -> Any:
 
 
 @app.on_before_shutdown.connect
-def _stopping(sender: Any, *args: Any, **kwargs: Any) -> None:
+def _stopping(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
     """A batch failing from now on ends the worker instead of being retried."""
     runtime.stopping = True
