@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -130,7 +130,11 @@ async def prometheus(web: Any, request: Any) -> Any:
     return web.text(metrics.render().decode(), content_type="text/plain; version=0.0.4")
 
 
-@app.on_before_shutdown.connect
-def _stopping(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+def _stopping(sender: Any, *args: Any, **kwargs: Any) -> None:
     """A batch failing from now on ends the worker instead of being retried."""
     runtime.stopping = True
+    log.info("worker stopping: a batch that fails from now on is not retried")
+
+
+# mode's Signal.connect is typed for a receiver union mypy cannot match; any callable works
+cast(Any, app.on_before_shutdown).connect(_stopping)
