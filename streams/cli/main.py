@@ -106,6 +106,12 @@ def _experiment(args: argparse.Namespace, settings: Settings) -> int:
     return experiment.main(args, settings)
 
 
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import demo
+
+    return demo.main(args, settings)
+
+
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     if args.bench == "policies":
         from streams.bench import policies
@@ -138,8 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(handler=_check)
 
-    demo = commands.add_parser("demo", help="the live demo of the whole pipeline")
-    demo.set_defaults(handler=_check)
+    demo = commands.add_parser(
+        "demo", help="a live run of the whole pipeline on synthetic traffic (about a minute)"
+    )
+    from streams.demo import add_arguments as demo_arguments
+
+    demo_arguments(demo)
+    demo.set_defaults(handler=_demo)
 
     worker = commands.add_parser("worker", help="run a worker of the pipeline (faust)")
     worker.set_defaults(handler=_worker)
