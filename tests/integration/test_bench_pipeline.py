@@ -31,8 +31,10 @@ TOP_LEVEL = (
 
 
 def _positive_finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and (
-        math.isfinite(value) and value > 0
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and (math.isfinite(value) and value > 0)
     )
 
 
@@ -44,9 +46,24 @@ def test_bench_pipeline_prints_one_complete_json_object(services: Services) -> N
         "BANDIT_PARTITIONS": "4",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "streams.bench.pipeline", "--json",
-         "--visits", "600", "--rate", "100", "--duration", "3"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=420, check=False,
+        [
+            sys.executable,
+            "-m",
+            "streams.bench.pipeline",
+            "--json",
+            "--visits",
+            "600",
+            "--rate",
+            "100",
+            "--duration",
+            "3",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-6000:]
     lines = done.stdout.strip().splitlines()
