@@ -117,7 +117,9 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         from streams.bench import policies
 
         return policies.main(args)
-    return 2
+    from streams.bench import pipeline
+
+    return pipeline.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     policies = benches.add_parser("policies", help="bandit policies on simulated traffic")
     _add_policy_bench_arguments(policies)
+    pipeline = benches.add_parser(
+        "pipeline", help="one worker on the real broker: throughput and latency vs references"
+    )
+    from streams.bench.pipeline import add_arguments as pipeline_arguments
+
+    pipeline_arguments(pipeline)
     bench.set_defaults(handler=_bench)
     return parser
 
