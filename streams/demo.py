@@ -134,7 +134,8 @@ class Worker:
         s, fields = self.settings, Settings.model_fields
         env = {str(f.validation_alias): str(getattr(s, n)) for n, f in fields.items()}
         env |= {"KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers, "DATABASE_URL": s.database_dsn}
-        cmd = [sys.executable, "-m", "faust", "-A", "streams.app", "--datadir", str(self.datadir)]
+        cmd = [sys.executable, "-m", "faust", "--loop", "uvloop", "-A", "streams.app"]
+        cmd += ["--datadir", str(self.datadir)]
         cmd += ["worker", "-l", "info", "--web-host", "127.0.0.1", "--web-port", str(self.port)]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as out:

@@ -467,6 +467,8 @@ class Worker:
             sys.executable,
             "-m",
             "faust",
+            "--loop",
+            "uvloop",
             "-A",
             self.app,
             "worker",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -84,6 +85,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.admin import ensure_topics
 
     asyncio.run(ensure_topics(settings))
+    os.environ.setdefault("FAUST_LOOP", "uvloop")  # read by `import faust` (~10 % faster)
     from streams.app import app
 
     sys.argv = [

@@ -34,6 +34,8 @@ class FaustWorker:
             sys.executable,
             "-m",
             "faust",
+            "--loop",
+            "uvloop",
             "-A",
             self.app,
             "worker",
