@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -27,33 +28,35 @@ async def pipeline(settings: Settings, tmp_path: Path, fresh_database: str) -> P
     return await prepare(settings, tmp_path, fresh_database)
 
 
-async def _totals(p: Pipeline) -> tuple[int, int]:
+Counts = dict[tuple[str, str], list[int]]
+
+
+async def _counts(p: Pipeline) -> Counts:
+    """{(segment, variant): [exposures, conversions]} as Postgres has them now."""
     conn = await asyncpg.connect(p.settings.database_dsn)
     try:
-        row = await conn.fetchrow(
-            "SELECT coalesce(sum(exposures), 0)::bigint AS e, "
-            "coalesce(sum(conversions), 0)::bigint AS c FROM variant_segment_state"
-        )
-        per_key = await conn.fetch(
+        rows = await conn.fetch(
             "SELECT segment_key, variant_id, exposures, conversions FROM variant_segment_state"
         )
     finally:
         await conn.close()
-    assert row is not None
-    _totals.last = {
-        (r["segment_key"], r["variant_id"]): (r["exposures"], r["conversions"]) for r in per_key
-    }  # type: ignore[attr-defined]
-    return int(row["e"]), int(row["c"])
+    return {(r["segment_key"], r["variant_id"]): [r["exposures"], r["conversions"]] for r in rows}
 
 
-async def _wait_for(p: Pipeline, predicate, timeout: float = 120) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def _totals(counts: Counts) -> tuple[int, int]:
+    return sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
+
+
+async def _wait_for(
+    p: Pipeline, done: Callable[[tuple[int, int]], bool], timeout: float = 120
+) -> Counts:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    totals = await _totals(p)
-    while not predicate(totals) and loop.time() < deadline:
+    counts = await _counts(p)
+    while not done(_totals(counts)) and loop.time() < deadline:
         await asyncio.sleep(0.05)
-        totals = await _totals(p)
-    return totals
+        counts = await _counts(p)
+    return counts
 
 
 @pytest.mark.parametrize("stop", ["sigterm", "kill9"])
@@ -72,23 +75,23 @@ async def test_restart_mid_stream_leaves_counts_exact(pipeline: Pipeline, stop: 
     first = pipeline.worker("first").start()
     try:
         await asyncio.to_thread(first.wait_http_ready)
-        partial = await _wait_for(pipeline, lambda t: t[0] > 0)
+        partial = _totals(await _wait_for(pipeline, lambda t: t[0] > 0))
     finally:
         if stop == "sigterm":
             assert first.stop() == 0
         else:
             first.kill()
     assert partial[0] > 0, "the first worker applied part of the stream before it stopped"
-    mid = await _totals(pipeline)
+    mid = _totals(await _counts(pipeline))
 
     second = pipeline.worker("second").start()
     try:
         await asyncio.to_thread(second.wait_http_ready)
-        final = await _wait_for(pipeline, lambda t: t == (6000, 600))
+        await _wait_for(pipeline, lambda t: t == (6000, 600))
         await asyncio.sleep(2)  # anything replayed twice would show up now
-        final = await _totals(pipeline)
+        final = await _counts(pipeline)
     finally:
         assert second.stop() == 0
     assert mid[0] < 6000 or stop == "sigterm", "kill -9 hit the stream mid-way"
-    assert final == (6000, 600), second.log_text()[-3000:]
-    assert {k: list(v) for k, v in _totals.last.items()} == expected  # type: ignore[attr-defined]
+    assert _totals(final) == (6000, 600), second.log_text()[-3000:]
+    assert final == expected, "every (segment, variant) exact, not just the totals"
