@@ -35,6 +35,7 @@ app = faust.App(
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication_factor,
     broker_commit_interval=settings.commit_interval_s,
+    broker_session_timeout=settings.session_timeout_s,
     consumer_auto_offset_reset="earliest",
     producer_acks=-1,
     web_host=settings.web_host,

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         default="at_least_once", validation_alias="BANDIT_PROCESSING_GUARANTEE"
     )
     commit_interval_s: float = Field(default=0.5, gt=0, validation_alias="BANDIT_COMMIT_INTERVAL_S")
+    session_timeout_s: float = Field(
+        default=15.0, gt=0, validation_alias="BANDIT_SESSION_TIMEOUT_S"
+    )
     web_port: int = Field(default=6066, validation_alias="BANDIT_WEB_PORT")
     web_host: str = Field(default="127.0.0.1", validation_alias="BANDIT_WEB_HOST")
     log_level: str = Field(default="info", validation_alias="BANDIT_LOG_LEVEL")
