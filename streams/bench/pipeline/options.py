@@ -1,0 +1,68 @@
+"""The command line of `bench pipeline`, and its bounds checked before anything starts."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from streams.bench.pipeline.progress import BenchError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--visits",
+        type=int,
+        default=30_000,
+        help="visits of the backlog (each with an exposure, ~5%% with a conversion)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=2_000.0,
+        help="offered visits/s of the latency measurement",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=20.0,
+        help="seconds of offered load of the latency measurement",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object on stdout (progress and table on stderr)",
+    )
+    parser.add_argument(
+        "--skip-references",
+        action="store_true",
+        help="skip the plain aiokafka loop and the naive faust app (quick runs)",
+    )
+
+
+@dataclass(frozen=True)
+class Options:
+    visits: int
+    rate: float
+    duration: float
+    json: bool
+    skip_references: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Options:
+        opts = cls(
+            visits=int(args.visits),
+            rate=float(args.rate),
+            duration=float(args.duration),
+            json=bool(args.json),
+            skip_references=bool(args.skip_references),
+        )
+        if opts.visits < 20:
+            msg = "--visits must be at least 20"
+            raise BenchError(msg)
+        if not (0 < opts.rate <= 50_000) or not (0.5 <= opts.duration <= 600):
+            msg = "--rate must be in (0, 50000] visits/s and --duration in [0.5, 600] s"
+            raise BenchError(msg)
+        if opts.rate * opts.duration < 20:
+            msg = "--rate × --duration must offer at least 20 visits"
+            raise BenchError(msg)
+        return opts
