@@ -23,6 +23,9 @@ from streams.settings import Settings
 KAFKA_MAIN = "kafka.Kafka"
 _HERE = Path(__file__).resolve().parent / "kafka"
 _MIN_JAVA = 17
+# The broker outlives the call that started it (and often this process): its handle is kept
+# here so that it is not garbage-collected, with a ResourceWarning, while the broker runs.
+_STARTED: list[subprocess.Popen[bytes]] = []
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,7 @@ class LocalKafka:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+        _STARTED.append(proc)
         process.write_json(self.state_file, {"pid": proc.pid, "port": self.port})
         try:
             wait_for_broker(self.bootstrap, timeout, self.log, proc)
