@@ -108,6 +108,8 @@ def choose(probabilities: Sequence[float] | np.ndarray, u: float) -> tuple[int, 
     return CumulativeWeights.from_probabilities(probabilities).choose(u)
 
 
-def sample(probabilities: Sequence[float] | np.ndarray, rng: np.random.Generator) -> tuple[int, float]:
+def sample(
+    probabilities: Sequence[float] | np.ndarray, rng: np.random.Generator
+) -> tuple[int, float]:
     """(index, propensity) drawn with the injected generator."""
     return choose(probabilities, float(rng.random()))

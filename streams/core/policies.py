@@ -79,15 +79,16 @@ class PolicySettings:
     def __post_init__(self) -> None:
         problems = []
         if self.exploration not in EXPLORATION_PRESETS:
-            problems.append(
-                f"exploration must be one of {sorted(EXPLORATION_PRESETS)}, got {self.exploration!r}"
-            )
+            presets = sorted(EXPLORATION_PRESETS)
+            problems.append(f"exploration must be one of {presets}, got {self.exploration!r}")
         if not 0.0 <= self.floor < 0.5:
             problems.append(f"floor must be in [0, 0.5) (and below 1/variants), got {self.floor!r}")
         if self.burn_in < 0:
             problems.append(f"burn_in must be >= 0 exposures, got {self.burn_in!r}")
         if not 0.0 < self.discount <= 1.0:
-            problems.append(f"discount must be in (0, 1] (1 = no forgetting), got {self.discount!r}")
+            problems.append(
+                f"discount must be in (0, 1] (1 = no forgetting), got {self.discount!r}"
+            )
         if not 0.0 <= self.holdout_share <= 0.5:
             problems.append(f"holdout_share must be in [0, 0.5], got {self.holdout_share!r}")
         if self.min_samples_per_segment < 0:
@@ -259,14 +260,17 @@ class PooledPolicy(_BasePolicy):
         rest_exposures, rest_conversions = _rest_of_traffic(segment, global_)
         if pooling is None:
             variant_rates = (1.0 + rest_conversions) / (2.0 + rest_exposures)
-        else:
-            variant_rates = pooling.variant_rates
-        baseline = segment_baseline(segment, variant_rates)
-        prior_mean = np.clip(baseline * variant_rates, _RATE_CLIP, 1.0 - _RATE_CLIP)
-        if pooling is None:
+            baseline = segment_baseline(segment, variant_rates)
+            prior_mean = np.clip(baseline * variant_rates, _RATE_CLIP, 1.0 - _RATE_CLIP)
             strength = np.full(segment.variants, self.settings.pooling_strength)
         else:
-            strength = prior_strength(prior_mean, pooling.heterogeneity)
+            baseline = segment_baseline(segment, pooling.variant_rates, pooling.heterogeneity)
+            prior_mean = np.clip(baseline * pooling.variant_rates, _RATE_CLIP, 1.0 - _RATE_CLIP)
+            # Relative variances add: real differences between segments plus
+            # the uncertainty of the global rate itself. (The baseline's
+            # uncertainty is shared by all variants and cannot change which
+            # one is best, so it is not added.)
+            strength = prior_strength(prior_mean, pooling.heterogeneity + pooling.rate_variances)
         # Never more confident than the evidence the prior is built from.
         strength = np.clip(strength, _MIN_PRIOR_STRENGTH, 2.0 + rest_exposures)
         alpha, beta = posterior_parameters(
@@ -280,9 +284,7 @@ _POLICIES: Mapping[str, type[_BasePolicy]] = {
 }
 
 
-def make_policy(
-    name: str, settings: PolicySettings | Mapping[str, Any] | None = None
-) -> Policy:
+def make_policy(name: str, settings: PolicySettings | Mapping[str, Any] | None = None) -> Policy:
     """The policy called `name` (one of `POLICY_NAMES`) with validated settings."""
     if name not in _POLICIES:
         message = f"unknown policy {name!r}; choose one of {list(POLICY_NAMES)}"

@@ -136,7 +136,9 @@ class Counts:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"Counts(exposures={self.exposures.tolist()}, conversions={self.conversions.tolist()})"
+        return (
+            f"Counts(exposures={self.exposures.tolist()}, conversions={self.conversions.tolist()})"
+        )
 
     def discounted(self, gamma: float) -> Counts:
         """Old evidence weighted by `gamma` in (0, 1]: forgets drifting traffic."""
@@ -185,9 +187,15 @@ def posterior_mean(counts: Counts) -> np.ndarray:
     return np.asarray(alpha / (alpha + beta))
 
 
-HETEROGENEITY_GRID = np.logspace(-4.0, 0.0, 17)
+HETEROGENEITY_GRID = np.logspace(-4.0, 0.0, 25)
 """Candidate nu^2 (variance of relative variant effects across segments):
-nu from 1 % to 100 %, a flat prior on log nu^2."""
+nu from 1 % to 100 %, nu^2 in steps of 10^(1/6) ~ 1.47."""
+
+HETEROGENEITY_PRIOR_SCALE = 0.5
+"""Half-Cauchy prior on nu with scale 0.2 (Gelman 2006's weakly informative
+choice for a hierarchical sd): effects that differ by ~20 % between segments
+are as plausible a priori as lifts of that size themselves; much larger
+differences are possible but need evidence, and nu -> 0 is not favoured."""
 
 BASELINE_PSEUDO_CONVERSIONS = 10.0
 """A segment's baseline (observed / expected conversions) is shrunk to 1 as if
@@ -195,6 +203,10 @@ BASELINE_PSEUDO_CONVERSIONS = 10.0
 with a handful of visits gets no extreme baseline."""
 
 _FIT_ITERATIONS = 12
+_REFIT_ROUNDS = 2
+_SD_GRID = np.sqrt(HETEROGENEITY_GRID)
+# Half-Cauchy density of nu, times nu because the grid is uniform in log nu.
+_LOG_HETEROGENEITY_PRIOR = np.log(_SD_GRID) - np.log1p((_SD_GRID / HETEROGENEITY_PRIOR_SCALE) ** 2)
 _RATE_CLIP = 1e-6
 
 
@@ -205,19 +217,40 @@ class PoolingEstimate:
     `variant_rates`: each variant's rate with segment baselines factored out
     (for a segment of average baseline), so a variant shown mostly to
     low-converting segments is not mistaken for a bad variant (Simpson).
-    `heterogeneity`: nu^2, the variance of a variant's relative effect from
-    segment to segment beyond what the baselines explain.
+    `heterogeneity`: posterior mean of nu^2, the variance of a variant's
+    relative effect from segment to segment beyond what the baselines explain.
+    A single Beta prior with this variance matches the first two moments of
+    the prior averaged over the posterior of nu^2.
+    `rate_variances`: relative variance of each `variant_rates` entry (1 /
+    the effective number of conversions behind it), to widen the prior when
+    the global rate itself is still uncertain.
     """
 
     variant_rates: np.ndarray
     heterogeneity: float
+    rate_variances: np.ndarray
 
 
-def segment_baseline(counts: Counts, variant_rates: np.ndarray) -> float:
-    """Observed / expected conversions of a segment, shrunk toward 1."""
-    expected = float(counts.exposures @ variant_rates)
-    observed = float(counts.conversions.sum())
-    return (observed + BASELINE_PSEUDO_CONVERSIONS) / (expected + BASELINE_PSEUDO_CONVERSIONS)
+def segment_baseline(
+    counts: Counts, variant_rates: np.ndarray, heterogeneity: float = 0.0
+) -> float:
+    """Observed / expected conversions of a segment, shrunk toward 1.
+
+    With heterogeneity nu^2 > 0 each variant's own ratio is only a noisy
+    measure of the baseline (its effect may differ in this segment), so the
+    variants are combined with random-effects weights 1 / (1 / E + nu^2)
+    instead of by expected conversions E: the variant the bandit shows most
+    no longer dictates the baseline, and thus the prior, of all the others.
+    """
+    expected = counts.exposures * variant_rates
+    observed = counts.conversions
+    weight = np.ones_like(expected)
+    for _ in range(2 if heterogeneity > 0 else 1):
+        baseline = (float(weight @ observed) + BASELINE_PSEUDO_CONVERSIONS) / (
+            float(weight @ expected) + BASELINE_PSEUDO_CONVERSIONS
+        )
+        weight = 1.0 / (1.0 + heterogeneity * expected * baseline)
+    return baseline
 
 
 def estimate_pooling(segments: Iterable[Counts]) -> PoolingEstimate:
@@ -226,9 +259,10 @@ def estimate_pooling(segments: Iterable[Counts]) -> PoolingEstimate:
     Fits rate(segment s, variant i) = baseline_s * rate_i by alternating
     updates (iterative proportional fitting, Beta(1, 1) pseudo-counts per
     variant, baselines shrunk as in `segment_baseline` and normalised to a
-    traffic-weighted mean of 1). Then nu^2 is the posterior median over
-    `HETEROGENEITY_GRID` of the beta-binomial marginal likelihood in which
-    each cell's rate is Beta with mean baseline_s * rate_i and relative sd nu.
+    traffic-weighted mean of 1). The posterior over nu^2 on
+    `HETEROGENEITY_GRID` comes from the beta-binomial marginal likelihood in
+    which each cell's rate is Beta with mean baseline_s * rate_i and relative
+    sd nu.
     A likelihood (unlike moment estimators) stays valid when the data were
     collected adaptively by the bandit itself.
     """
@@ -241,37 +275,78 @@ def estimate_pooling(segments: Iterable[Counts]) -> PoolingEstimate:
     )
 
 
-def prior_strength(mean: np.ndarray, heterogeneity: float) -> np.ndarray:
-    """m such that Beta(m mean, m (1 - mean)) has sd sqrt(heterogeneity) * mean."""
+def prior_strength(mean: np.ndarray, relative_variance: float | np.ndarray) -> np.ndarray:
+    """m such that Beta(m mean, m (1 - mean)) has variance relative_variance * mean^2."""
     with np.errstate(divide="ignore"):
-        return np.asarray((1.0 - mean) / (heterogeneity * mean) - 1.0)
+        return np.asarray((1.0 - mean) / (relative_variance * mean) - 1.0)
 
 
 def pooling_from_arrays(exposures: np.ndarray, conversions: np.ndarray) -> PoolingEstimate:
     """`estimate_pooling` on trusted (segments x variants) arrays, for hot loops."""
+    heterogeneity = _prior_mean_heterogeneity()
+    cell_weight = np.ones_like(exposures)
+    baseline, rates = _fit_baselines_and_rates(exposures, conversions, cell_weight)
+    for _ in range(_REFIT_ROUNDS):
+        heterogeneity = _posterior_mean_heterogeneity(exposures, conversions, baseline, rates)
+        # Random-effects weights: a segment where a variant was shown a lot
+        # still says only so much about that variant elsewhere (at most about
+        # 1 / nu^2 conversions' worth), so the adaptive allocation of the
+        # bandit does not bias the rates toward the segments it favoured.
+        cell_weight = 1.0 / (1.0 + heterogeneity * exposures * np.outer(baseline, rates))
+        baseline, rates = _fit_baselines_and_rates(exposures, conversions, cell_weight)
+    effective_conversions = (cell_weight * exposures * np.outer(baseline, rates)).sum(axis=0)
+    return PoolingEstimate(rates, heterogeneity, 1.0 / (1.0 + effective_conversions))
+
+
+def _prior_mean_heterogeneity() -> float:
+    prior = np.exp(_LOG_HETEROGENEITY_PRIOR)
+    return float(prior @ HETEROGENEITY_GRID / prior.sum())
+
+
+def _fit_baselines_and_rates(
+    exposures: np.ndarray, conversions: np.ndarray, cell_weight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """rate(s, i) = baseline_s * rate_i by weighted iterative proportional fitting."""
     traffic = exposures.sum(axis=1)
     total = float(traffic.sum())
     traffic_share = traffic / total if total > 0 else np.full(traffic.size, 1.0 / traffic.size)
-    observed = conversions.sum(axis=1)
+    weighted_exposures = cell_weight * exposures
+    weighted_conversions = cell_weight * conversions
+    observed_by_segment = weighted_conversions.sum(axis=1)
+    observed_by_variant = weighted_conversions.sum(axis=0)
     baseline = np.ones(traffic.size)
-    rates = (1.0 + conversions.sum(axis=0)) / (2.0 + exposures.sum(axis=0))
+    rates = (1.0 + observed_by_variant) / (2.0 + weighted_exposures.sum(axis=0))
     for _ in range(_FIT_ITERATIONS):
-        expected = exposures @ rates
-        baseline = (observed + BASELINE_PSEUDO_CONVERSIONS) / (
+        expected = weighted_exposures @ rates
+        baseline = (observed_by_segment + BASELINE_PSEUDO_CONVERSIONS) / (
             expected + BASELINE_PSEUDO_CONVERSIONS
         )
         baseline /= float(traffic_share @ baseline)
-        rates = (1.0 + conversions.sum(axis=0)) / (2.0 + baseline @ exposures)
+        rates = (1.0 + observed_by_variant) / (2.0 + baseline @ weighted_exposures)
+    return baseline, rates
+
+
+def _posterior_mean_heterogeneity(
+    exposures: np.ndarray, conversions: np.ndarray, baseline: np.ndarray, rates: np.ndarray
+) -> float:
     seen = exposures > 0
-    if not seen.any():
-        return PoolingEstimate(rates, float(np.median(HETEROGENEITY_GRID)))
+    cells = int(seen.sum())
+    fitted_parameters = int(seen.any(axis=1).sum() + seen.any(axis=0).sum()) - 1
+    if cells == 0 or cells <= fitted_parameters:
+        return _prior_mean_heterogeneity()
+    # Fitted baselines and rates absorb part of the spread: with them plugged
+    # in, the likelihood of nu^2 peaks at nu^2 * residual df / cells (the
+    # classic ML-versus-REML bias, exact for balanced normal layouts), so the
+    # likelihood of nu^2 is evaluated there.
+    shrink = (cells - fitted_parameters) / cells
     mean = np.clip(np.outer(baseline, rates)[seen], _RATE_CLIP, 1.0 - _RATE_CLIP)
     n = exposures[seen]
     c = conversions[seen]
-    strength = np.maximum(prior_strength(mean, HETEROGENEITY_GRID[:, None]), 1e-3)
+    strength = np.maximum(prior_strength(mean, shrink * HETEROGENEITY_GRID[:, None]), 1e-3)
     a = strength * mean
     b = strength * (1.0 - mean)
-    log_likelihood = (special.betaln(c + a, n - c + b) - special.betaln(a, b)).sum(axis=1)
-    posterior = np.exp(log_likelihood - log_likelihood.max())
-    mean_heterogeneity = float(posterior @ HETEROGENEITY_GRID / posterior.sum())
-    return PoolingEstimate(rates, mean_heterogeneity)
+    log_posterior = (special.betaln(c + a, n - c + b) - special.betaln(a, b)).sum(
+        axis=1
+    ) + _LOG_HETEROGENEITY_PRIOR
+    posterior = np.exp(log_posterior - log_posterior.max())
+    return float(posterior @ HETEROGENEITY_GRID / posterior.sum())

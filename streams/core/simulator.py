@@ -76,6 +76,7 @@ class SimulationResult:
     best_share: float
     visits_to_95: int | None
     checkpoints: np.ndarray
+    regret_over_time: np.ndarray
     best_share_over_time: np.ndarray
     weight_computations: int
 
@@ -142,6 +143,7 @@ def simulate(
     reached = [float("inf")] * segments
     checkpoint_every = max(1, visits // _CHECKPOINTS)
     checkpoints: list[int] = []
+    regret_over_time: list[float] = []
     best_share_over_time: list[list[float]] = []
 
     regret = expected = uniform_expected = 0.0
@@ -229,8 +231,12 @@ def simulate(
 
         if (visit + 1) % checkpoint_every == 0:
             checkpoints.append(visit + 1)
+            regret_over_time.append(regret)
             best_share_over_time.append(
-                [window_sum[s] / max(1, min(window_count[s], BEST_SHARE_WINDOW)) for s in range(segments)]
+                [
+                    window_sum[s] / max(1, min(window_count[s], BEST_SHARE_WINDOW))
+                    for s in range(segments)
+                ]
             )
 
     return SimulationResult(
@@ -242,6 +248,7 @@ def simulate(
         best_share=best_chosen / visits if visits else 0.0,
         visits_to_95=_weighted_median_time(reached, scenario.shares),
         checkpoints=np.asarray(checkpoints),
+        regret_over_time=np.asarray(regret_over_time),
         best_share_over_time=np.asarray(best_share_over_time),
         weight_computations=computations,
     )
