@@ -13,17 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import heapq
-import os
 import random
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -43,6 +38,7 @@ from streams.core.segments import segment_key
 from streams.errors import ServiceError
 from streams.experiments import new_experiment_document
 from streams.services import local
+from streams.services.worker import WorkerProcess
 from streams.settings import Settings
 from streams.sink.experiments import save_experiment
 from streams.sink.migrations import migrate
@@ -119,72 +115,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--keep-services", action="store_true", help="leave the local services running")
 
 
-class Worker:
-    """The demo's one Faust worker subprocess; its output goes to a log file."""
+class Worker(WorkerProcess):
+    """The demo's one worker, started with the demo's whole configuration."""
 
     def __init__(self, settings: Settings, log: Path, datadir: Path) -> None:
-        self.settings, self.log, self.datadir = settings, log, datadir
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> int:
-        """Start it with the demo's whole configuration, its services made explicit."""
-        s, fields = self.settings, Settings.model_fields
-        env = {str(f.validation_alias): str(getattr(s, n)) for n, f in fields.items()}
-        env |= {"KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers, "DATABASE_URL": s.database_dsn}
-        cmd = [sys.executable, "-m", "faust", "--loop", "uvloop", "-A", "streams.app"]
-        cmd += ["--datadir", str(self.datadir)]
-        cmd += ["worker", "-l", "info", "--web-host", "127.0.0.1", "--web-port", str(self.port)]
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("wb") as out:
-            env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-            self.proc = subprocess.Popen(
-                cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-            )
-        return self.proc.pid
-
-    def check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            self.fail(f"the worker exited ({self.proc.returncode if self.proc else None})")
+        env = {
+            str(f.validation_alias): str(getattr(settings, n))
+            for n, f in Settings.model_fields.items()
+        }
+        env |= {
+            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "DATABASE_URL": settings.database_dsn,
+        }
+        if log.exists():
+            log.unlink()  # one run per log file
+        super().__init__("streams.app", env, log, datadir=datadir)
+        self.scratch = datadir
 
     def fail(self, why: str) -> NoReturn:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        msg = f"{why}; the end of {self.log}:\n" + "\n".join(text.splitlines()[-25:])
-        raise ServiceError(msg)
+        raise self.failure(why)
 
-    async def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            if await asyncio.to_thread(_ready, f"http://127.0.0.1:{self.port}/ready"):
-                return
-            await asyncio.sleep(0.3)
-        self.fail(f"the worker was not ready within {timeout:.0f} s")
-
-    def stop(self) -> str:
+    def stop_and_say(self) -> str:
         """SIGTERM, then SIGKILL after 30 s; says how it went."""
-        if self.proc is None or self.proc.poll() is not None:
-            return "had exited" if self.proc else "not started"
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return f"stopped (exit code {self.proc.wait(30)})"
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return "KILLED: it did not stop within 30 s of SIGTERM"
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status) == 200
-    except urllib.error.HTTPError as exc:  # 503 until the replicas caught up
-        exc.close()
-        return False
-    except OSError:  # refused while the worker starts
-        return False
+        if self.proc is None:
+            return "not started"
+        if self.proc.poll() is not None:
+            return "had exited"
+        code = self.stop(30)
+        return (
+            f"stopped (exit code {code})"
+            if code is not None
+            else ("KILLED: it did not stop within 30 s of SIGTERM")
+        )
 
 
 @dataclass
@@ -470,7 +432,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         asyncio.run(save_experiment(demo, doc))
         _say("experiment", f"{experiment_id}: {', '.join(VARIANTS)}; segments by device x source")
         _say("worker", f"pid {worker.start()}, log {worker.log}")
-        asyncio.run(worker.wait_ready())
+        worker.wait_ready(120.0, 0.3)
         _say("worker", f"ready at {time.monotonic() - began:.0f} s; traffic (progress on stderr)")
         stats = asyncio.run(drive(demo, experiment_id, seconds, rate, worker))
         print("\n" + "\n".join(report(stats, experiment_id)) + "\n", flush=True)
@@ -479,8 +441,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         print("\ninterrupted: stopping what the demo started", file=sys.stderr, flush=True)
         return 130
     finally:
-        _say("worker", worker.stop())
-        shutil.rmtree(worker.datadir, ignore_errors=True)
+        _say("worker", worker.stop_and_say())
+        shutil.rmtree(worker.scratch, ignore_errors=True)
         if endpoints is not None and args.keep_services:
             _say("services", "left running (--keep-services): `bandit-stream services down`")
         elif endpoints is not None:

@@ -38,7 +38,7 @@ async def test_exactly_once_worker_processes_end_to_end_and_stops_on_sigterm(
         tmp_path / "worker.log",
     ).start()
     try:
-        await asyncio.to_thread(worker.wait_ready)
+        await asyncio.to_thread(worker.wait_log_ready)
         producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
         await producer.start()
         try:

@@ -82,7 +82,7 @@ async def measure_pipeline(
         worker = stack.enter_context(running(pipeline_worker(sc, workdir, "pipeline")))
         t_launch = time.perf_counter()
         counter = await stack.enter_async_context(background(decisions.read(reader)))
-        t_ready = await worker.wait_ready()
+        t_ready = await worker.ready_at()
         progress(f"(a) worker ready after {t_ready - t_launch:.1f} s; processing")
         deadline = t_ready + timeout
         counts = (0, 0, 0)

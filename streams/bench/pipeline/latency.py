@@ -236,7 +236,7 @@ async def measure_latency(
             name: await stack.enter_async_context(reading(sc.settings, sc.topic(DECISIONS), level))
             for name, level in READERS.items()
         }
-        await worker.wait_ready()
+        await worker.ready_at()
         total = max(2, int(opts.rate * opts.duration))
         warmup = min(3.0, opts.duration * 0.2)
         progress(

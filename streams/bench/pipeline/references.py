@@ -97,7 +97,7 @@ async def measure_faust_reference(
             background(outputs.read(reader)) as counter,
         ):
             with running(worker):
-                t_ready = await worker.wait_ready()
+                t_ready = await worker.ready_at()
                 deadline = t_ready + timeout
                 while not counter.done():
                     worker.check_alive()
