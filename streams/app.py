@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import faust
-import orjson
 
 from streams import metrics
 from streams.agents.decide import decide_batch
 from streams.agents.learn import Learner
 from streams.agents.replicas import run_replicas
 from streams.agents.track import track_batch
+from streams.pipeline.events import RawEvent
 from streams.runtime import Runtime, raw_event
 from streams.settings import get_settings
 from streams.topics import CONVERSIONS, EXPOSURES, SEGMENT_DELTAS, VISITS
@@ -70,37 +71,32 @@ async def replicas() -> None:
     await run_replicas(runtime)
 
 
-@app.agent(visits_topic, concurrency=1)
-async def decide(stream: Any) -> None:  # faust.Stream: take_events is not on StreamT
+BatchHandler = Callable[[Runtime, Sequence[RawEvent]], Awaitable[None]]
+
+
+async def _consume(stream: Any, stage: str, handle: BatchHandler, max_: int, within: float) -> None:
+    """The shape of every agent: wait for the replicas, then apply batch after batch."""
     await runtime.replicas_ready.wait()
     _bind_producer()
-    async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+    async for events in stream.take_events(max_, within=within):
         batch = [raw_event(e.message) for e in events]
-        await runtime.run_batch("decide", functools.partial(decide_batch, runtime, batch))
+        await runtime.run_batch(stage, functools.partial(handle, runtime, batch))
+
+
+# `stream: Any`: faust's Stream has take_events, its StreamT annotation does not
+@app.agent(visits_topic, concurrency=1)
+async def decide(stream: Any) -> None:
+    await _consume(stream, "decide", decide_batch, settings.batch_max, settings.batch_within_s)
 
 
 @app.agent(tracked_topic, concurrency=1)
 async def track(stream: Any) -> None:
-    await runtime.replicas_ready.wait()
-    _bind_producer()
-    async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-        batch = [raw_event(e.message) for e in events]
-        await runtime.run_batch("track", functools.partial(track_batch, runtime, batch))
+    await _consume(stream, "track", track_batch, settings.batch_max, settings.batch_within_s)
 
 
 @app.agent(deltas_topic, concurrency=1)
 async def learn(stream: Any) -> None:
-    await runtime.replicas_ready.wait()
-    _bind_producer()
-    async for events in stream.take_events(1000, within=0.05):
-        refs = set()
-        for event in events:
-            try:
-                doc = orjson.loads(event.message.value)
-                refs.add((str(doc["experiment_id"]), str(doc["segment_key"])))
-            except (ValueError, KeyError, TypeError):
-                log.error("malformed segment delta ignored at offset %s", event.message.offset)
-        await runtime.run_batch("learn", functools.partial(learner.changed, refs))
+    await _consume(stream, "learn", learner.learn_batch, 1000, 0.05)
 
 
 @app.timer(interval=max(0.2, settings.weights_min_interval_s))

@@ -6,19 +6,24 @@ its weights; recomputation is rate-limited per key (BANDIT_WEIGHTS_MIN_INTERVAL_
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from streams import metrics
+from streams.pipeline.events import RawEvent
 from streams.pipeline.learn import allocation_document, moved
 from streams.pipeline.weights import GLOBAL_SEGMENT, allocation_key
 from streams.runtime import Runtime
 from streams.topics import ALLOCATIONS
 
 SegmentRef = tuple[str, str]
+log = logging.getLogger("bandit_stream.learn")
 
 
 class Learner:
@@ -41,6 +46,17 @@ class Learner:
         self.pending -= due
         if due:
             await self.recompute(due)
+
+    async def learn_batch(self, rt: Runtime, batch: Sequence[RawEvent]) -> None:
+        """A batch of segment-deltas records: the refs they name changed."""
+        refs = set()
+        for event in batch:
+            try:
+                doc = orjson.loads(event.value or b"")
+                refs.add((str(doc["experiment_id"]), str(doc["segment_key"])))
+            except (ValueError, KeyError, TypeError):
+                log.error("malformed segment delta ignored at offset %s", event.offset)
+        await self.changed(refs)
 
     async def flush_pending(self) -> None:
         await self.changed(())
