@@ -91,7 +91,7 @@ async def decide(stream: Any) -> None:
 
 @app.agent(tracked_topic, concurrency=1)
 async def track(stream: Any) -> None:
-    await _consume(stream, "track", track_batch, settings.batch_max, settings.batch_within_s)
+    await _consume(stream, "track", track_batch, settings.batch_max, settings.track_batch_within_s)
 
 
 @app.agent(deltas_topic, concurrency=1)

@@ -60,7 +60,10 @@ class Settings(BaseSettings):
 
     # --- stages ---
     batch_max: int = Field(default=500, ge=1, validation_alias="BANDIT_BATCH_MAX")
-    batch_within_s: float = Field(default=0.005, gt=0, validation_alias="BANDIT_BATCH_WITHIN_S")
+    batch_within_s: float = Field(default=0.02, gt=0, validation_alias="BANDIT_BATCH_WITHIN_S")
+    track_batch_within_s: float = Field(
+        default=0.05, gt=0, validation_alias="BANDIT_TRACK_BATCH_WITHIN_S"
+    )
     weights_min_change: float = Field(
         default=0.005, ge=0, validation_alias="BANDIT_WEIGHTS_MIN_CHANGE"
     )
