@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -189,6 +190,10 @@ def _add_policy_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "worker":
+        # a producer's first send to a topic created a moment ago logs one recovered
+        # NotLeaderForPartition warning: noise for a command-line user
+        logging.getLogger("aiokafka").setLevel(logging.ERROR)
     handler: Handler = args.handler
     try:
         return handler(args, get_settings())
