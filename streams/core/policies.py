@@ -134,17 +134,27 @@ class Allocation:
 
 
 class Policy(Protocol):
-    name: str
-    settings: PolicySettings
-    uses_pooling: bool
+    """What the pipeline and the simulator need from a policy."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def settings(self) -> PolicySettings: ...
+
+    @property
+    def uses_pooling(self) -> bool:
+        """Whether `weights` uses a `PoolingEstimate` (worth computing one)."""
+        ...
 
     def weights(
         self, segment: Counts, global_: Counts, pooling: PoolingEstimate | None = None
     ) -> Allocation:
         """Allocation for a visitor of `segment` (`global_` = experiment totals).
 
-        `heterogeneity`: between-segment variance of variant effects from
-        `posterior.estimate_heterogeneity`, if the caller has it (pooled only).
+        `pooling`: `posterior.estimate_pooling` over all of the experiment's
+        segments, if the caller has it (used by `pooled` only; refresh it
+        rate-limited, e.g. every few seconds, not per visit).
         """
         ...
 
@@ -195,21 +205,28 @@ class _BasePolicy:
         raise NotImplementedError
 
     def _thompson(
-        self, alpha: np.ndarray, beta: np.ndarray, used: Counts, source: str
+        self,
+        components: list[tuple[float, np.ndarray, np.ndarray]],
+        used: Counts,
+        source: str,
     ) -> Allocation:
-        """Floored P(best) of the tempered posterior, unless still burning in.
+        """Floored P(best) of the tempered posterior(s), unless still burning in.
 
-        Parameters are kept >= `MIN_RELIABLE_PARAMETER` (0.1 pseudo-counts, only
-        ever reached by near-zero-rate variants) where the quadrature error is
-        guaranteed; the decision does not change measurably.
+        `components` = [(weight, alpha, beta), ...]: P(best) is averaged over
+        them (a prior with an uncertain strength). Parameters are kept >=
+        `MIN_RELIABLE_PARAMETER` (0.1 pseudo-counts, only reached by
+        near-zero-rate variants), where the quadrature error is guaranteed.
         """
+        variants = used.variants
         if self.settings.burn_in and float(used.exposures.min()) < self.settings.burn_in:
-            return uniform_allocation(alpha.size, "burn_in")
+            return uniform_allocation(variants, "burn_in")
         tempering = self.settings.tempering
-        probabilities = prob_best(
-            np.maximum(alpha * tempering, MIN_RELIABLE_PARAMETER),
-            np.maximum(beta * tempering, MIN_RELIABLE_PARAMETER),
-        )
+        probabilities = np.zeros(variants)
+        for weight, alpha, beta in components:
+            probabilities += weight * prob_best(
+                np.maximum(alpha * tempering, MIN_RELIABLE_PARAMETER),
+                np.maximum(beta * tempering, MIN_RELIABLE_PARAMETER),
+            )
         return Allocation(apply_floor(probabilities, self.settings.floor), source)
 
 
@@ -229,7 +246,7 @@ class GlobalPolicy(_BasePolicy):
         self, segment: Counts, global_: Counts, pooling: PoolingEstimate | None
     ) -> Allocation:
         alpha, beta = posterior_parameters(global_)
-        return self._thompson(alpha, beta, global_, "global")
+        return self._thompson([(1.0, alpha, beta)], global_, "global")
 
 
 class SegmentPolicy(_BasePolicy):
@@ -240,17 +257,25 @@ class SegmentPolicy(_BasePolicy):
     ) -> Allocation:
         if segment.total_exposures < self.settings.min_samples_per_segment:
             alpha, beta = posterior_parameters(global_)
-            return self._thompson(alpha, beta, global_, "global")
+            return self._thompson([(1.0, alpha, beta)], global_, "global")
         rest_exposures, rest_conversions = _rest_of_traffic(segment, global_)
         rest_mean = (1.0 + rest_conversions) / (2.0 + rest_exposures)
         strength = np.minimum(self.settings.warm_start_ess, 2.0 + rest_exposures)
         alpha, beta = posterior_parameters(
             segment, strength * rest_mean, strength * (1.0 - rest_mean)
         )
-        return self._thompson(alpha, beta, segment, "segment")
+        return self._thompson([(1.0, alpha, beta)], segment, "segment")
 
 
 class PooledPolicy(_BasePolicy):
+    """Each variant's prior in the segment: Beta(m mu, m (1 - mu)) with mu = the
+    segment's baseline x the variant's rate in the other segments, and m set
+    so that the prior's relative variance is nu^2 (real differences between
+    segments) + the uncertainty of that rate. P(best) is averaged over the
+    posterior of nu^2 (3 nodes). Without a `PoolingEstimate`, mu comes from the
+    rest of the traffic and m = `pooling_strength`.
+    """
+
     name = "pooled"
     uses_pooling = True
 
@@ -259,24 +284,29 @@ class PooledPolicy(_BasePolicy):
     ) -> Allocation:
         rest_exposures, rest_conversions = _rest_of_traffic(segment, global_)
         if pooling is None:
-            variant_rates = (1.0 + rest_conversions) / (2.0 + rest_exposures)
-            baseline = segment_baseline(segment, variant_rates)
-            prior_mean = np.clip(baseline * variant_rates, _RATE_CLIP, 1.0 - _RATE_CLIP)
-            strength = np.full(segment.variants, self.settings.pooling_strength)
+            rates = (1.0 + rest_conversions) / (2.0 + rest_exposures)
+            mean = _prior_mean(segment_baseline(segment, rates) * rates)
+            priors = [(1.0, np.full(segment.variants, self.settings.pooling_strength))]
         else:
-            baseline = segment_baseline(segment, pooling.variant_rates, pooling.heterogeneity)
-            prior_mean = np.clip(baseline * pooling.variant_rates, _RATE_CLIP, 1.0 - _RATE_CLIP)
-            # Relative variances add: real differences between segments plus
-            # the uncertainty of the global rate itself. (The baseline's
-            # uncertainty is shared by all variants and cannot change which
-            # one is best, so it is not added.)
-            strength = prior_strength(prior_mean, pooling.heterogeneity + pooling.rate_variances)
-        # Never more confident than the evidence the prior is built from.
-        strength = np.clip(strength, _MIN_PRIOR_STRENGTH, 2.0 + rest_exposures)
-        alpha, beta = posterior_parameters(
-            segment, strength * prior_mean, strength * (1.0 - prior_mean)
-        )
-        return self._thompson(alpha, beta, global_, "pooled")
+            rates, rate_variances = pooling.leave_out(segment)
+            mean = _prior_mean(segment_baseline(segment, rates, pooling.heterogeneity) * rates)
+            priors = [
+                (float(weight), prior_strength(mean, node + rate_variances))
+                for node, weight in zip(
+                    pooling.heterogeneity_nodes, pooling.heterogeneity_weights, strict=True
+                )
+            ]
+        mixture = []
+        for weight, strength in priors:
+            # Never more confident than the evidence the prior is built from.
+            capped = np.clip(strength, _MIN_PRIOR_STRENGTH, 2.0 + rest_exposures)
+            alpha, beta = posterior_parameters(segment, capped * mean, capped * (1.0 - mean))
+            mixture.append((weight, alpha, beta))
+        return self._thompson(mixture, global_, "pooled")
+
+
+def _prior_mean(rates: np.ndarray) -> np.ndarray:
+    return np.clip(rates, _RATE_CLIP, 1.0 - _RATE_CLIP)
 
 
 _POLICIES: Mapping[str, type[_BasePolicy]] = {
