@@ -13,15 +13,17 @@ Policies differ only in which posterior they use:
 * ``segment``: the segment's own counts, warm-started from the rest of the
   traffic at a small effective sample size; below `min_samples_per_segment`
   the global posterior decides (hard switch).
-* ``pooled``: empirical-Bayes shrinkage. The segment's prior for each variant
-  is the rest-of-traffic rate, scaled by the segment's baseline, with a
-  strength derived from how much variant effects differ between segments
-  (`posterior.estimate_heterogeneity`). Segments move away from the global
-  answer exactly as fast as their own evidence outweighs that prior.
+* ``pooled``: empirical-Bayes shrinkage, no hard switch. The segment's prior
+  for each variant is the variant's rate in the other segments, scaled by
+  this segment's baseline, with a strength set by how much variant effects
+  differ between segments (`posterior.estimate_pooling`). A segment moves away
+  from the global answer exactly as fast as its own evidence outweighs that
+  prior; where segments agree, it is nearly the global policy.
 
 `global_` counts are the experiment totals INCLUDING the segment; the
-segment's own counts are subtracted to form the "rest of traffic" prior so
-that no evidence is counted twice.
+segment's own counts are subtracted to form "rest of traffic" priors so that
+no evidence is counted twice. Burn-in looks at the counts the policy decides
+from: the segment's for ``segment`` above its minimum, else the experiment's.
 """
 
 from __future__ import annotations
@@ -65,7 +67,19 @@ _RATE_CLIP = 1e-6
 
 @dataclass(frozen=True)
 class PolicySettings:
-    """Per-experiment policy knobs; validated on construction."""
+    """Per-experiment policy knobs; validated on construction.
+
+    `floor`: minimum probability per variant (p' = floor + (1 - k floor) p).
+    `burn_in`: uniform (source "burn_in") until every variant has this many
+    exposures. `discount`: gamma in (0, 1] for whoever updates the counts
+    (`posterior.update`); 1 = never forget. `holdout_share`: share of visitors
+    who always get the uniform split (`decide.in_holdout`). `pooling_strength`:
+    prior strength in exposures for ``pooled`` when no `PoolingEstimate` is
+    given. 100 (exposures): measured without an estimate, 100 stays within
+    1.1x the segment policy's regret in `heterogeneous` (300: 1.4x, 1000: 3x)
+    at the price of 1.8x the global policy's in `homogeneous`; a fixed
+    strength cannot be right for both, which is why the estimate exists.
+    """
 
     exploration: str = "default"
     floor: float = 0.01

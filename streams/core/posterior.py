@@ -314,7 +314,11 @@ def pooling_from_arrays(exposures: np.ndarray, conversions: np.ndarray) -> Pooli
     return PoolingEstimate(
         variant_rates=_clip_rates(numerators / denominators),
         heterogeneity=float(posterior @ HETEROGENEITY_GRID),
-        heterogeneity_nodes=np.exp(log_mean + log_sd * _GAUSS_HERMITE_NODES),
+        heterogeneity_nodes=np.clip(
+            np.exp(log_mean + log_sd * _GAUSS_HERMITE_NODES),
+            HETEROGENEITY_GRID[0],
+            HETEROGENEITY_GRID[-1],
+        ),
         heterogeneity_weights=_GAUSS_HERMITE_WEIGHTS.copy(),
         rate_numerators=numerators,
         rate_denominators=denominators,

@@ -9,8 +9,8 @@ each segment's best variant takes over its traffic.
 Like the production pipeline, weights are recomputed rate-limited: a
 segment's weights after every `refresh_every` (default 10) of its visits,
 and only if the counts changed since; the pooled policy's `PoolingEstimate`
-(all segments) every 100 visits. Posteriors are updated every `update_every` visits
-of the scenario (1 normally, 500 in `delayed`).
+(all segments) every 100 visits. Posteriors are updated every
+`update_every` visits of the scenario (1 normally, 500 in `delayed`).
 """
 
 from __future__ import annotations
