@@ -181,10 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_policy_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        from streams.bench import policies
-    except ImportError:  # the bandit core is not there yet
-        return
+    from streams.bench import policies
+
     policies.add_arguments(parser)
 
 

@@ -82,7 +82,8 @@ class WorkerProcess:
 
     def check_alive(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
-            raise self.failure(f"worker {self.app} exited ({self.returncode})")
+            why = f"worker {self.app} exited ({self.returncode})"
+            raise self.failure(why)
 
     def is_ready(self) -> bool:
         """`GET /ready` answers 200: replicas caught up, agents running."""
@@ -103,7 +104,8 @@ class WorkerProcess:
             if self.is_ready():
                 return
             time.sleep(poll)
-        raise self.failure(f"worker {self.app} was not ready within {timeout:.0f} s")
+        why = f"worker {self.app} was not ready within {timeout:.0f} s"
+        raise self.failure(why)
 
     async def wait_ready_async(self, timeout: float = 90.0, poll: float = 0.1) -> None:
         await asyncio.to_thread(self.wait_ready, timeout, poll)
