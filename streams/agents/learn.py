@@ -16,13 +16,16 @@ from typing import Any
 import orjson
 
 from streams import metrics
+from streams.core.posterior import PoolingEstimate
+from streams.experiments import Experiment
 from streams.pipeline.events import RawEvent
-from streams.pipeline.learn import allocation_document, moved
+from streams.pipeline.learn import allocation_document, moved, policy_for, pooling_estimate
 from streams.pipeline.weights import GLOBAL_SEGMENT, allocation_key
 from streams.runtime import Runtime
 from streams.topics import ALLOCATIONS
 
 SegmentRef = tuple[str, str]
+POOLING_REFRESH_S = 5.0  # the estimate spans every segment: cheap enough, not per change
 log = logging.getLogger("bandit_stream.learn")
 
 
@@ -32,6 +35,7 @@ class Learner:
         self.last_run: dict[SegmentRef, float] = {}
         self.published: dict[SegmentRef, dict[str, float]] = {}
         self.pending: set[SegmentRef] = set()
+        self.pooling: dict[str, tuple[float, PoolingEstimate | None]] = {}
 
     async def changed(self, refs: Iterable[SegmentRef]) -> None:
         """Recompute the refs not computed within the interval; defer the others."""
@@ -46,6 +50,18 @@ class Learner:
         self.pending -= due
         if due:
             await self.recompute(due)
+
+    async def _pooling(self, experiment: Experiment) -> PoolingEstimate | None:
+        """The experiment's pooling estimate over all its segments, refreshed every 5 s."""
+        if not policy_for(experiment).uses_pooling:
+            return None
+        at, estimate = self.pooling.get(experiment.experiment_id, (-1e9, None))
+        if time.monotonic() - at >= POOLING_REFRESH_S:
+            store = await self.rt.store()
+            every = await store.segment_counts(experiment.experiment_id)
+            estimate = pooling_estimate(experiment, every)
+            self.pooling[experiment.experiment_id] = (time.monotonic(), estimate)
+        return estimate
 
     async def learn_batch(self, rt: Runtime, batch: Sequence[RawEvent]) -> None:
         """A batch of segment-deltas records: the refs they name changed."""
@@ -75,9 +91,10 @@ class Learner:
             own = [s for s in segments if s != GLOBAL_SEGMENT]
             counts = await store.segment_counts(experiment_id, own) if own else {}
             totals = await store.experiment_totals(experiment_id)
+            pooling = await self._pooling(experiment) if own else None
             for segment_key in segments:
                 doc = allocation_document(
-                    experiment, segment_key, counts.get(segment_key, {}), totals, now
+                    experiment, segment_key, counts.get(segment_key, {}), totals, now, pooling
                 )
                 ref = (experiment_id, segment_key)
                 self.last_run[ref] = time.monotonic()

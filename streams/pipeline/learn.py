@@ -15,7 +15,7 @@ from typing import Any
 
 from streams.contracts import format_timestamp
 from streams.core.policies import Policy, make_policy
-from streams.core.posterior import Counts
+from streams.core.posterior import Counts, PoolingEstimate, estimate_pooling
 from streams.experiments import Experiment
 from streams.pipeline.weights import GLOBAL_SEGMENT
 
@@ -45,14 +45,28 @@ def as_counts(experiment: Experiment, counts: VariantCounts) -> Counts:
     )
 
 
+def pooling_estimate(
+    experiment: Experiment, segments: Mapping[str, VariantCounts]
+) -> PoolingEstimate | None:
+    """How much the experiment's segments differ, for policies that pool (else None)."""
+    if not policy_for(experiment).uses_pooling or not segments:
+        return None
+    return estimate_pooling(as_counts(experiment, counts) for counts in segments.values())
+
+
 def allocation_document(
     experiment: Experiment,
     segment_key: str,
     segment: VariantCounts,
     totals: VariantCounts,
     now: datetime,
+    pooling: PoolingEstimate | None = None,
 ) -> dict[str, Any]:
-    """The `allocations` document of one segment (or of the experiment, segment `*`)."""
+    """The `allocations` document of one segment (or of the experiment, segment `*`).
+
+    `pooling` is the estimate over all the experiment's segments (`pooling_estimate`);
+    without it a pooling policy shrinks with its fixed `pooling_strength`.
+    """
     global_counts = as_counts(experiment, totals)
     if segment_key == GLOBAL_SEGMENT:
         settings = _settings(experiment)
@@ -61,7 +75,9 @@ def allocation_document(
         allocation = policy.weights(global_counts, global_counts)
     else:
         own = segment
-        allocation = policy_for(experiment).weights(as_counts(experiment, segment), global_counts)
+        allocation = policy_for(experiment).weights(
+            as_counts(experiment, segment), global_counts, pooling
+        )
     exposures = {v: int(own.get(v, (0, 0))[0]) for v in experiment.variant_ids}
     conversions = {v: int(own.get(v, (0, 0))[1]) for v in experiment.variant_ids}
     return {

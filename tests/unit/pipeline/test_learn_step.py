@@ -64,3 +64,20 @@ def test_replica_keeps_the_newest_version() -> None:
     found = replica.lookup("e", "s")
     assert found is not None and found[0].probabilities == (0.9, 0.1) and found[1]
     assert replica.lookup("e", "other") is None
+
+
+def test_pooled_segments_use_the_pooling_estimate_over_every_segment() -> None:
+    """Segments that all agree make the estimate pool hard: a small segment's lucky streak
+    moves its weights less than under the fixed fallback strength."""
+    from streams.pipeline.learn import pooling_estimate
+
+    pooled = experiment("pooled")
+    agreeing = {f"s{i}": {"a": (2000, 100), "b": (2000, 60), "c": (2000, 60)} for i in range(8)}
+    small = {"a": (40, 1), "b": (40, 5), "c": (40, 2)}
+    totals = {"a": (16040, 801), "b": (16040, 485), "c": (16040, 482)}
+    estimate = pooling_estimate(pooled, {**agreeing, "small": small})  # type: ignore[arg-type]
+    assert estimate is not None
+    with_estimate = allocation_document(pooled, "small", small, totals, NOW, estimate)  # type: ignore[arg-type]
+    fallback = allocation_document(pooled, "small", small, totals, NOW)  # type: ignore[arg-type]
+    assert with_estimate["weights"]["a"] > fallback["weights"]["a"]
+    assert pooling_estimate(experiment("segment"), agreeing) is None  # type: ignore[arg-type]
