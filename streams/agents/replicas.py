@@ -72,7 +72,7 @@ async def _replicate(rt: Runtime) -> None:
                 log.info(
                     "replicas ready: %d experiments, %d allocations",
                     len(rt.registry),
-                    len(rt.weights.snapshot()),
+                    len(rt.weights),
                 )
                 rt.replicas_ready.set()
     finally:

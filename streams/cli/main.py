@@ -22,11 +22,10 @@ def _services(args: argparse.Namespace, settings: Settings) -> int:
     from streams.services import local
 
     if args.action == "up":
-        endpoints = local.up(settings)
+        local.up(settings)
         for line in local.status_lines(settings):
             print(line)
         print('eval "$(bandit-stream services env)" exports these for other tools')
-        del endpoints
     elif args.action == "down":
         stopped = local.down(settings)
         print(f"stopped: {', '.join(stopped) or 'nothing (none of ours was running)'}")

@@ -59,7 +59,6 @@ class WeightsReplica:
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str], WeightsEntry] = {}
-        self.updates = 0
 
     def apply(self, doc: Mapping[str, Any]) -> bool:
         """Apply one `allocations` document; True when it changed the replica."""
@@ -70,7 +69,6 @@ class WeightsReplica:
             return False
         weights = doc["weights"]
         self._entries[key] = weights_entry(tuple(weights), weights, str(doc["source"]), version)
-        self.updates += 1
         return True
 
     def lookup(self, experiment_id: str, segment_key: str) -> tuple[WeightsEntry, bool] | None:
@@ -81,5 +79,5 @@ class WeightsReplica:
         entry = self._entries.get((experiment_id, GLOBAL_SEGMENT))
         return (entry, False) if entry is not None else None
 
-    def snapshot(self) -> dict[tuple[str, str], WeightsEntry]:
-        return dict(self._entries)
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -222,6 +222,9 @@ class LocalKafka:
         """Stop the broker if we started it (by its recorded PID); True if one was stopped."""
         pid = self._recorded_pid()
         stopped = pid is not None and process.terminate(pid, str(self.root), timeout=30)
+        for proc in [p for p in _STARTED if p.pid == pid]:  # our own child: reap it
+            proc.wait(10)
+            _STARTED.remove(proc)
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
         return stopped
