@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
@@ -29,7 +30,18 @@ __all__ = [
     "load_schema", "parse_timestamp", "validate",
 ]  # fmt: skip
 
-SCHEMA_DIR: Final = Path(__file__).resolve().parent.parent / "schemas"
+
+def _schema_dir() -> Path:
+    """`schemas/` as package data: `streams/schemas` links to the repo's top-level folder in a
+    checkout, and is a copy of it in a built wheel (pyproject.toml's package-data)."""
+    found = resources.files("streams") / "schemas"
+    if not isinstance(found, Path):  # pragma: no cover - only a zipped install gets here
+        msg = f"streams must be installed as files, not zipped: cannot read {found}"
+        raise RuntimeError(msg)
+    return found
+
+
+SCHEMA_DIR: Final = _schema_dir()
 CONTRACTS: Final = (
     "visits", "exposures", "conversions", "experiments",
     "decisions", "allocations", "insights", "deadletter",

@@ -10,13 +10,25 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import asyncpg
 
 from streams.errors import MigrationError
 
-SQL_DIR = Path(__file__).resolve().parent.parent.parent / "sql"
+
+def _sql_dir() -> Path:
+    """`sql/` as package data: `streams/sql` links to the repo's top-level folder in a
+    checkout, and is a copy of it in a built wheel (pyproject.toml's package-data)."""
+    found = resources.files("streams") / "sql"
+    if not isinstance(found, Path):  # pragma: no cover - only a zipped install gets here
+        msg = f"streams must be installed as files, not zipped: cannot read {found}"
+        raise RuntimeError(msg)
+    return found
+
+
+SQL_DIR = _sql_dir()
 _LOCK_KEY = 0x62616E646974  # "bandit": one advisory lock for every migration run
 _NAME = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 
@@ -33,7 +45,7 @@ class Migration:
 
 
 def load_migrations(directory: Path = SQL_DIR) -> list[Migration]:
-    """Every `NNN_name.sql` in `directory`, by version; duplicates are an error."""
+    """Every `NNN_name.sql` in `directory`, by version; duplicates or none at all are errors."""
     found: dict[int, Migration] = {}
     for path in sorted(directory.glob("*.sql")):
         match = _NAME.match(path.name)
@@ -44,7 +56,13 @@ def load_migrations(directory: Path = SQL_DIR) -> list[Migration]:
         if version in found:
             msg = f"{path.name} and {found[version].name} share version {version}"
             raise MigrationError(msg)
-        found[version] = Migration(version, path.name, path.read_text())
+        found[version] = Migration(version, path.name, path.read_text(encoding="utf-8"))
+    if not found:
+        msg = (
+            f"no migration files (NNN_name.sql) in {directory}; "
+            "is the package installed without its sql/ data?"
+        )
+        raise MigrationError(msg)
     return [found[v] for v in sorted(found)]
 
 
