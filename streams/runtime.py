@@ -18,7 +18,7 @@ import orjson
 from streams import metrics
 from streams.experiments import ExperimentRegistry
 from streams.pipeline.events import Limits, RawEvent, RecentIds, Reject
-from streams.pipeline.weights import WeightsReplica
+from streams.pipeline.replica import WeightsReplica
 from streams.settings import Settings
 from streams.sink.state import StateStore
 from streams.topics import DEADLETTER, topic_specs

@@ -20,7 +20,7 @@ from streams.core.posterior import PoolingEstimate
 from streams.experiments import Experiment
 from streams.pipeline.events import RawEvent
 from streams.pipeline.learn import allocation_document, moved, policy_for, pooling_estimate
-from streams.pipeline.weights import GLOBAL_SEGMENT, allocation_key
+from streams.pipeline.replica import GLOBAL_SEGMENT, allocation_key
 from streams.runtime import Runtime
 from streams.topics import ALLOCATIONS
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from streams import metrics
 from streams.pipeline.events import RawEvent, Reject
 from streams.pipeline.track import attribute, dedupe_exposures, duplicate_exposure, prepare_track
-from streams.pipeline.weights import GLOBAL_SEGMENT, allocation_key
+from streams.pipeline.replica import GLOBAL_SEGMENT, allocation_key
 from streams.runtime import Runtime
 from streams.topics import EXPOSURES, SEGMENT_DELTAS
 

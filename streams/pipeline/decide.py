@@ -19,7 +19,7 @@ from streams.core.decide import deterministic_uniform, in_holdout
 from streams.core.segments import segment_key
 from streams.experiments import Experiment, ExperimentRegistry
 from streams.pipeline.events import Limits, RawEvent, RecentIds, Reject, decode, reject
-from streams.pipeline.weights import WeightsReplica, uniform_entry
+from streams.pipeline.replica import WeightsReplica, uniform_entry
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from streams.pipeline.decide import (
     sticky_keys,
 )
 from streams.pipeline.events import Limits, RawEvent, RecentIds
-from streams.pipeline.weights import WeightsReplica
+from streams.pipeline.replica import WeightsReplica
 
 pytestmark = pytest.mark.unit
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)

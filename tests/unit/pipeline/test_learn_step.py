@@ -9,7 +9,7 @@ import pytest
 from streams.contracts import validate
 from streams.experiments import experiment_from_document, new_experiment_document
 from streams.pipeline.learn import allocation_document, moved
-from streams.pipeline.weights import WeightsReplica
+from streams.pipeline.replica import WeightsReplica
 
 pytestmark = pytest.mark.unit
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
