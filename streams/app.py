@@ -135,3 +135,17 @@ def _stopping(sender: Any, *args: Any, **kwargs: Any) -> None:
 
 # mode's Signal.connect is typed for a receiver union mypy cannot match; any callable works
 cast(Any, app.on_before_shutdown).connect(_stopping)
+
+
+# --- POST /decide: decisions over HTTP (streams/agents/http.py) ---------------------------
+from streams.agents.http import decide_request  # noqa: E402
+
+
+@app.page("/decide")
+class DecideView(faust.web.View):
+    """One visit or a JSON array of visits in, the decision (or an array of them) out."""
+
+    async def post(self, request: Any, **kwargs: Any) -> Any:
+        _bind_producer()
+        answer = await decide_request(runtime, request)
+        return self.bytes(answer.body, content_type="application/json", status=answer.status)
