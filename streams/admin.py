@@ -6,6 +6,7 @@ import asyncio
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from streams import kafka_clients
 from streams.settings import Settings
 from streams.topics import TopicSpec, topic_specs
 
@@ -17,7 +18,7 @@ async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None
     moves keys between partitions and would orphan the state co-partitioned with them.
     """
     wanted = specs if specs is not None else list(topic_specs(settings).values())
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = kafka_clients.admin(settings)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -57,7 +58,7 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> Non
 async def partition_counts(settings: Settings) -> dict[str, int]:
     """Partitions of every topic of the service that exists (for `topics list`)."""
     specs = topic_specs(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = kafka_clients.admin(settings)
     await admin.start()
     try:
         names = [spec.name for spec in specs.values()]

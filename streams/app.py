@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import faust
 
-from streams import metrics
+from streams import kafka_clients, metrics
 from streams.agents.decide import decide_batch
 from streams.agents.learn import Learner
 from streams.agents.replicas import run_replicas
@@ -30,7 +30,7 @@ runtime = Runtime(settings)
 
 app = faust.App(
     settings.app_id,
-    broker=[f"kafka://{host.strip()}" for host in settings.bootstrap_servers.split(",")],
+    **kafka_clients.faust_broker(settings),  # brokers and their TLS / SASL credentials
     processing_guarantee=settings.processing_guarantee,
     store=settings.store,
     topic_partitions=settings.partitions,
@@ -40,6 +40,7 @@ app = faust.App(
     consumer_auto_offset_reset="earliest",
     producer_acks=-1,
     web_host=settings.web_host,
+    web_bind=settings.web_host,  # faust binds 0.0.0.0 unless told (web_host is only advertised)
     web_port=settings.web_port,
 )
 

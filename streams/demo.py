@@ -29,8 +29,9 @@ from typing import Any, NoReturn
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
+from streams import kafka_clients
 from streams.admin import ensure_topics
 from streams.contracts import format_timestamp
 from streams.core.context import extract_context
@@ -233,9 +234,9 @@ async def drive(
     """Send visits at `rate` for `seconds`, expose every decision, convert per the truth."""
     rng, stats, progress = random.Random(), Stats(), Progress(seconds)
     servers = settings.bootstrap_servers
-    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=servers, group_id=None, auto_offset_reset="earliest"
+    producer = kafka_clients.producer(settings, bootstrap_servers=servers, acks="all", linger_ms=5)
+    consumer = kafka_clients.consumer(
+        settings, bootstrap_servers=servers, group_id=None, auto_offset_reset="earliest"
     )  # the topics are the run's own: read them from their beginning
     watched = {_topic(settings, b): b for b in (DECISIONS, ALLOCATIONS, DEADLETTER)}
     due: list[tuple[float, str]] = []  # (when, visitor_id) of the conversions to send

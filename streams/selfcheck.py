@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
+from streams import kafka_clients
 from streams.admin import ensure_topics
 from streams.errors import ServiceError
 from streams.settings import Settings
@@ -50,14 +51,14 @@ async def _kafka_round_trip(settings: Settings) -> str:
     topic = topic_name(settings, SELFCHECK)
     token = uuid.uuid4().hex
     started = time.perf_counter()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    producer = kafka_clients.producer(settings, acks="all")
     await producer.start()
     try:
         meta = await producer.send_and_wait(topic, orjson.dumps({"token": token}))
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+    consumer = kafka_clients.consumer(
+        settings,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )

@@ -6,11 +6,13 @@ place and the README's table can be checked against it (tests/unit/test_settings
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,6 +32,21 @@ class Settings(BaseSettings):
         default=None, validation_alias="KAFKA_BOOTSTRAP_SERVERS"
     )
     database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")
+
+    # --- Kafka security: every client is built by streams/kafka_clients.py with these ---
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN", validation_alias="KAFKA_SASL_MECHANISM"
+    )
+    kafka_sasl_username: str | None = Field(default=None, validation_alias="KAFKA_SASL_USERNAME")
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, validation_alias="KAFKA_SASL_PASSWORD"
+    )
+    kafka_ssl_cafile: Path | None = Field(default=None, validation_alias="KAFKA_SSL_CAFILE")
+    kafka_ssl_certfile: Path | None = Field(default=None, validation_alias="KAFKA_SSL_CERTFILE")
+    kafka_ssl_keyfile: Path | None = Field(default=None, validation_alias="KAFKA_SSL_KEYFILE")
 
     # --- local services started by `bandit-stream services up` ---
     state_dir: Path = Field(
@@ -77,6 +94,27 @@ class Settings(BaseSettings):
         default=300.0, ge=0, validation_alias="BANDIT_MAX_FUTURE_SKEW_S"
     )
 
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Self:
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            msg = f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and _PASSWORD"
+            raise ValueError(msg)
+        files = {
+            "KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+            "KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+            "KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile,
+        }
+        if not protocol.endswith("SSL") and (named := [k for k, v in files.items() if v]):
+            msg = f"{', '.join(named)} set, but KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS"
+            raise ValueError(msg)
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            msg = "KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE (the client certificate)"
+            raise ValueError(msg)
+        return self
+
     @property
     def kafka_configured(self) -> bool:
         return self.kafka_bootstrap_servers is not None
@@ -98,6 +136,24 @@ class Settings(BaseSettings):
         if self.database_url is not None:
             return self.database_url.get_secret_value()
         return f"postgresql://postgres@127.0.0.1:{self.local_postgres_port}/bandit"
+
+
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by `***`, for log lines and error messages.
+
+    Covers URLs (`postgresql://user:secret@host/db`, `?password=secret`) and libpq's
+    keyword form (`host=h password=secret`).
+    """
+    parts = urlsplit(dsn) if "://" in dsn else None
+    if parts is not None and "@" in parts.netloc:
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}{':***' if colon else ''}@{hosts}"
+        dsn = urlunsplit(parts._replace(netloc=netloc))
+    return _KEYWORD_PASSWORD.sub(r"\1***", dsn)
 
 
 @lru_cache(maxsize=1)

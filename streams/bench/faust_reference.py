@@ -26,6 +26,9 @@ from typing import Any
 
 import faust
 
+from streams import kafka_clients
+from streams.settings import Settings
+
 _PARTITIONS = int(os.environ.get("BENCH_REF_PARTITIONS", "8"))
 _COMMIT_INTERVAL = os.environ.get("BENCH_REF_COMMIT_INTERVAL_S")
 _BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
@@ -36,13 +39,16 @@ _optional: dict[str, Any] = (
 
 app = faust.App(
     os.environ.get("BENCH_REF_APP_ID", "bench-faust-reference"),
-    broker=[f"kafka://{host.strip()}" for host in _BOOTSTRAP.split(",")],
+    **kafka_clients.faust_broker(
+        Settings().model_copy(update={"kafka_bootstrap_servers": _BOOTSTRAP})
+    ),
     processing_guarantee=os.environ.get("BENCH_REF_PROCESSING_GUARANTEE", "at_least_once"),
     store="memory://",
     topic_partitions=_PARTITIONS,
     consumer_auto_offset_reset="earliest",
     producer_acks=-1,
     web_host="127.0.0.1",
+    web_bind="127.0.0.1",
     **_optional,
 )
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaProducer
 
+from streams import kafka_clients
 from streams.errors import ExperimentError
 from streams.experiments import Experiment, experiment_from_document
 from streams.settings import Settings
@@ -16,7 +16,7 @@ from streams.topics import EXPERIMENTS, topic_name
 
 
 async def _publish(settings: Settings, experiment: Experiment) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    producer = kafka_clients.producer(settings, acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streams import kafka_clients
 from streams.admin import ensure_topics
 from streams.contracts import format_timestamp, validate
 from streams.experiments import new_experiment_document
@@ -120,9 +120,7 @@ def conversion(decision: dict[str, Any]) -> dict[str, Any]:
 
 async def produce(p: Pipeline, base: str, items: list[tuple[str, bytes]]) -> None:
     """Send (key, raw value) pairs to a topic, all acknowledged."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=p.settings.bootstrap_servers, acks="all", linger_ms=5
-    )
+    producer = kafka_clients.producer(p.settings, acks="all", linger_ms=5)
     await producer.start()
     try:
         futures = [
@@ -145,9 +143,9 @@ async def read(
     contract: str | None = None,
 ) -> list[dict[str, Any]]:
     """Read a topic from the beginning until `until(docs)` holds; validate every document."""
-    consumer = AIOKafkaConsumer(
+    consumer = kafka_clients.consumer(
+        p.settings,
         p.topic(base),
-        bootstrap_servers=p.settings.bootstrap_servers,
         auto_offset_reset="earliest",
         group_id=None,
     )

@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streams import kafka_clients
 from streams.admin import ensure_topics
 from streams.settings import Settings
 from streams.topics import TopicSpec
@@ -39,7 +39,7 @@ async def test_exactly_once_worker_processes_end_to_end_and_stops_on_sigterm(
     ).start()
     try:
         await asyncio.to_thread(worker.wait_log_ready)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+        producer = kafka_clients.producer(settings)
         await producer.start()
         try:
             for i in range(200):
@@ -48,9 +48,9 @@ async def test_exactly_once_worker_processes_end_to_end_and_stops_on_sigterm(
         finally:
             await producer.stop()
 
-        consumer = AIOKafkaConsumer(
+        consumer = kafka_clients.consumer(
+            settings,
             sink,
-            bootstrap_servers=settings.bootstrap_servers,
             isolation_level="read_committed",
             auto_offset_reset="earliest",
         )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams import kafka_clients
 from streams.admin import ensure_topics
 from streams.settings import Settings
 from streams.topics import TopicSpec
@@ -34,7 +35,7 @@ async def _drain(consumer: AIOKafkaConsumer, want: int, timeout: float = 30) -> 
 
 async def test_second_consumer_resumes_from_committed_offsets(settings: Settings) -> None:
     topic = await _topic(settings, "resume", partitions=3)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    producer = kafka_clients.producer(settings)
     await producer.start()
     try:
         for i in range(300):
@@ -45,9 +46,9 @@ async def test_second_consumer_resumes_from_committed_offsets(settings: Settings
     group = f"{settings.app_id}-group"
 
     def consumer() -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
+        return kafka_clients.consumer(
+            settings,
             topic,
-            bootstrap_servers=settings.bootstrap_servers,
             group_id=group,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
@@ -83,9 +84,7 @@ async def test_second_consumer_resumes_from_committed_offsets(settings: Settings
 
 async def test_read_committed_never_sees_aborted_messages(settings: Settings) -> None:
     topic = await _topic(settings, "tx", partitions=2)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, transactional_id=f"{settings.app_id}-tx"
-    )
+    producer = kafka_clients.producer(settings, transactional_id=f"{settings.app_id}-tx")
     await producer.start()
     try:
         async with producer.transaction():
@@ -101,9 +100,9 @@ async def test_read_committed_never_sees_aborted_messages(settings: Settings) ->
         await producer.stop()
 
     async def read(isolation: str) -> list[bytes]:
-        consumer = AIOKafkaConsumer(
+        consumer = kafka_clients.consumer(
+            settings,
             topic,
-            bootstrap_servers=settings.bootstrap_servers,
             isolation_level=isolation,
             auto_offset_reset="earliest",
             group_id=None,

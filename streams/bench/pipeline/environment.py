@@ -21,14 +21,14 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
+from streams import kafka_clients
 from streams.admin import ensure_topics
 from streams.bench.pipeline.progress import BenchError, progress
 from streams.bench.pipeline.traffic import CONTEXT_FEATURES, EXPERIMENT_ID, VARIANTS
 from streams.experiments import new_experiment_document
-from streams.settings import Settings
+from streams.settings import Settings, get_settings
 from streams.sink.experiments import save_experiment
 from streams.sink.migrations import migrate
 from streams.topics import topic_name
@@ -72,7 +72,7 @@ async def _admin_sql(dsn: str, sql: str) -> None:
 
 
 async def _delete_topics(bootstrap: str, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = kafka_clients.admin(get_settings(), bootstrap_servers=bootstrap)
     await admin.start()
     try:
         names = [t for t in await admin.list_topics() if t.startswith(prefix)]
@@ -160,8 +160,8 @@ async def reading(
     settings: Settings, topic: str, isolation_level: str = "read_uncommitted"
 ) -> AsyncIterator[AIOKafkaConsumer]:
     """A reader of every partition of `topic` from its start (no group), stopped on exit."""
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+    reader = kafka_clients.consumer(
+        settings,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

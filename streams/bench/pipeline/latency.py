@@ -24,6 +24,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streams import kafka_clients
 from streams.bench.pipeline.environment import (
     Scratch,
     background,
@@ -228,9 +229,7 @@ async def measure_latency(
         assert sc.dsn is not None
         worker = stack.enter_context(running(pipeline_worker(sc, workdir, "latency")))
         producer = await stack.enter_async_context(
-            AIOKafkaProducer(
-                bootstrap_servers=sc.settings.bootstrap_servers, acks="all", linger_ms=0
-            )
+            kafka_clients.producer(sc.settings, acks="all", linger_ms=0)
         )
         consumers = {
             name: await stack.enter_async_context(reading(sc.settings, sc.topic(DECISIONS), level))

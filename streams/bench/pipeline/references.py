@@ -12,8 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
+from streams import kafka_clients
 from streams.bench.pipeline.environment import Arrivals, background, reading, scratch
 from streams.bench.pipeline.progress import BenchError
 from streams.bench.pipeline.traffic import INPUTS, Backlog, produce_backlog
@@ -38,16 +37,14 @@ async def measure_plain_loop(base: Settings, backlog: Backlog, timeout: float) -
         await produce_backlog(sc.settings, backlog)
         output = sc.topic(DECISIONS)
         async with (
-            AIOKafkaConsumer(
+            kafka_clients.consumer(
+                sc.settings,
                 *(sc.topic(b) for b in INPUTS),
-                bootstrap_servers=sc.settings.bootstrap_servers,
                 group_id=f"{sc.prefix}plain",
                 auto_offset_reset="earliest",
                 enable_auto_commit=False,
             ) as consumer,
-            AIOKafkaProducer(
-                bootstrap_servers=sc.settings.bootstrap_servers, acks="all", linger_ms=0
-            ) as producer,
+            kafka_clients.producer(sc.settings, acks="all", linger_ms=0) as producer,
         ):
             done = 0
             t_first: float | None = None

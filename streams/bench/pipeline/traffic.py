@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
+from streams import kafka_clients
 from streams.contracts import format_timestamp
 from streams.core.context import extract_context
 from streams.core.segments import segment_key
@@ -169,8 +169,8 @@ def make_backlog(visits: int, seed: int = 7) -> Backlog:
 async def produce_backlog(settings: Settings, backlog: Backlog) -> float:
     """Every record acknowledged (acks=all), visits then exposures then conversions: seconds."""
     t0 = time.perf_counter()
-    async with AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+    async with kafka_clients.producer(
+        settings,
         acks="all",
         linger_ms=20,
         max_batch_size=256 * 1024,

@@ -7,9 +7,13 @@ import os
 
 import faust
 
+from streams import kafka_clients
+from streams.settings import Settings
+
 app = faust.App(
     os.environ["ECHO_APP_ID"],
-    broker=f"kafka://{os.environ['KAFKA_BOOTSTRAP_SERVERS']}",
+    **kafka_clients.faust_broker(Settings()),  # KAFKA_BOOTSTRAP_SERVERS and security, from env
+    web_bind="127.0.0.1",
     processing_guarantee="exactly_once",
     store="memory://",
     topic_partitions=int(os.environ.get("ECHO_PARTITIONS", "2")),
