@@ -7,22 +7,27 @@ the pure steps, so a bad record is dead-lettered instead of restarting an agent.
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import faust
 
 from streams import kafka_clients, metrics
 from streams.agents.decide import decide_batch
-from streams.agents.learn import Learner
+from streams.agents.learn import learn_batch
+from streams.agents.publish import Publisher
 from streams.agents.replicas import run_replicas
-from streams.agents.track import track_batch
-from streams.pipeline.events import RawEvent
-from streams.runtime import Runtime, raw_event
+from streams.agents.track import resend_outbox, sweep_waiting, track_batch
+from streams.runtime import BatchHandler, Runtime, raw_event
 from streams.settings import get_settings
-from streams.topics import CONVERSIONS, EXPOSURES, SEGMENT_DELTAS, VISITS
+from streams.topics import (
+    CONVERSIONS,
+    DECISIONS,
+    EXPERIMENT_CHANGES,
+    EXPOSURES,
+    SEGMENT_DELTAS,
+    VISITS,
+)
 
 log = logging.getLogger("bandit_stream")
 settings = get_settings()
@@ -32,7 +37,9 @@ app = faust.App(
     settings.app_id,
     **kafka_clients.faust_broker(settings),  # brokers and their TLS / SASL credentials
     processing_guarantee=settings.processing_guarantee,
-    store=settings.store,
+    stream_wait_empty=False,  # stopping cancels the agents; Runtime.run_batch finishes the batch
+    broker_max_poll_records=500,  # one poll fits in a buffer's headroom: a stalled stage
+    stream_buffer_maxsize=4096,  # pauses its own partitions only, not the whole worker
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication_factor,
     broker_commit_interval=settings.commit_interval_s,
@@ -52,9 +59,20 @@ def _raw_topic(*names: str) -> faust.TopicT:
 
 
 visits_topic = _raw_topic(runtime.topics[VISITS])
-tracked_topic = _raw_topic(runtime.topics[EXPOSURES], runtime.topics[CONVERSIONS])
+tracked_topic = _raw_topic(
+    runtime.topics[DECISIONS], runtime.topics[EXPOSURES], runtime.topics[CONVERSIONS]
+)
 deltas_topic = _raw_topic(runtime.topics[SEGMENT_DELTAS])
-learner = Learner(runtime)
+changes_topic = _raw_topic(runtime.topics[EXPERIMENT_CHANGES])
+
+
+def _assigned(base: str) -> set[int]:
+    """The partitions of one topic this worker holds now."""
+    name = runtime.topics[base]
+    return {tp.partition for tp in app.consumer.assignment() if tp.topic == name}
+
+
+publisher = Publisher(runtime, lambda: _assigned(EXPERIMENT_CHANGES))
 
 
 def _bind_producer() -> None:
@@ -67,12 +85,13 @@ def _bind_producer() -> None:
         runtime.send_raw = send
 
 
+def _running() -> bool:
+    return runtime.replicas_ready.is_set() and runtime.send_raw is not None
+
+
 @app.task
 async def replicas() -> None:
     await run_replicas(runtime)
-
-
-BatchHandler = Callable[[Runtime, Sequence[RawEvent]], Awaitable[None]]
 
 
 async def _consume(stream: Any, stage: str, handle: BatchHandler, max_: int, within: float) -> None:
@@ -80,8 +99,7 @@ async def _consume(stream: Any, stage: str, handle: BatchHandler, max_: int, wit
     await runtime.replicas_ready.wait()
     _bind_producer()
     async for events in stream.take_events(max_, within=within):
-        batch = [raw_event(e.message) for e in events]
-        await runtime.run_batch(stage, functools.partial(handle, runtime, batch))
+        await runtime.run_batch(stage, [raw_event(e.message) for e in events], handle)
 
 
 # `stream: Any`: faust's Stream has take_events, its StreamT annotation does not
@@ -97,18 +115,33 @@ async def track(stream: Any) -> None:
 
 @app.agent(deltas_topic, concurrency=1)
 async def learn(stream: Any) -> None:
-    await _consume(stream, "learn", learner.learn_batch, 1000, 0.05)
+    await _consume(stream, "learn", learn_batch, 1000, 0.05)
 
 
-@app.timer(interval=max(0.2, settings.weights_min_interval_s))
-async def flush_deferred_weights() -> None:
-    """Publish the recomputations deferred by the rate limit (never raises)."""
-    if not runtime.replicas_ready.is_set() or runtime.send_raw is None:
+@app.agent(changes_topic, concurrency=1)
+async def changes(stream: Any) -> None:
+    """Marks the experiments this worker owns as changed (published on the next tick)."""
+    async for events in stream.take_events(1000, within=0.05):
+        publisher.changed([raw_event(e.message) for e in events])
+
+
+@app.timer(interval=settings.weights_interval_s)
+async def publish_weights() -> None:
+    """The owned experiments' weights, from one snapshot each (never raises)."""
+    if _running():
+        await publisher.tick()
+
+
+@app.timer(interval=2.0)
+async def sweep() -> None:
+    """Deltas left unsent by a crash; waiting records that can go on or must leave."""
+    if not _running():
         return
     try:
-        await learner.flush_pending()
+        await resend_outbox(runtime)
+        await sweep_waiting(runtime, _assigned(EXPOSURES))
     except Exception:
-        log.exception("deferred weights recomputation failed; retried at the next tick")
+        log.exception("sweeping waiting records failed; retried at the next tick")
 
 
 @app.page("/live")

@@ -72,6 +72,10 @@ class RejectReason(StrEnum):
     UNKNOWN_VARIANT = "unknown_variant"
     DUPLICATE_EVENT = "duplicate_event"
     UNATTRIBUTABLE = "unattributable"
+    INVALID_SEGMENT_KEY = "invalid_segment_key"
+    CONTRADICTS_DECISION = "contradicts_decision"
+    UNKNOWN_DECISION = "unknown_decision"
+    PROCESSING_ERROR = "processing_error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -303,7 +303,7 @@ async def drive(
                 break
             await step(300)
         # the learner recomputes a segment at most once per interval (a timer flushes the rest)
-        settle = time.monotonic() + 2 * settings.weights_min_interval_s + 1.5
+        settle = time.monotonic() + 2 * settings.weights_interval_s + 1.5
         while time.monotonic() < settle:
             await step(200)
         ends = await consumer.end_offsets(list(consumer.assignment()))

@@ -174,5 +174,8 @@ class ExperimentRegistry:
     def get(self, experiment_id: str) -> Experiment | None:
         return self._by_id.get(experiment_id)
 
+    def experiments(self) -> list[Experiment]:
+        return list(self._by_id.values())
+
     def __len__(self) -> int:
         return len(self._by_id)

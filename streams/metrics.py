@@ -17,9 +17,32 @@ REPLAYED = Counter(
     ["stage"],
     registry=REGISTRY,
 )
-CONVERSIONS_WAITING = Counter(
-    "bandit_conversions_waiting_total",
-    "Conversions parked because no exposure in their window was known yet",
+WAITING = Counter(
+    "bandit_waiting_records_total",
+    "Records parked to wait: a conversion for its exposure, an exposure for its decision, "
+    "an event for its experiment's definition",
+    registry=REGISTRY,
+)
+EXPIRED = Counter(
+    "bandit_expired_records_total",
+    "Records whose wait ended without what they waited for (dead-lettered)",
+    registry=REGISTRY,
+)
+TRANSIENT_WAITS = Counter(
+    "bandit_transient_errors_total",
+    "Batch attempts that failed on the infrastructure (database or broker) and wait to retry",
+    ["stage"],
+    registry=REGISTRY,
+)
+POISON = Counter(
+    "bandit_poison_records_total",
+    "Records that made their stage fail until isolated; dead-lettered as processing_error",
+    ["stage"],
+    registry=REGISTRY,
+)
+STICKY_FALLBACKS = Counter(
+    "bandit_sticky_lookup_failures_total",
+    "Decide batches whose sticky lookup failed (database down): decided from memory and weights",
     registry=REGISTRY,
 )
 DECISION_LATENCY = Histogram(
@@ -38,7 +61,10 @@ REPLICA_UPDATES = Counter(
     registry=REGISTRY,
 )
 STAGE_ERRORS = Counter(
-    "bandit_stage_errors_total", "Batches retried after an error", ["stage"], registry=REGISTRY
+    "bandit_stage_errors_total",
+    "Batch attempts that failed on an unexpected error (retried, then split)",
+    ["stage"],
+    registry=REGISTRY,
 )
 READY = Gauge("bandit_ready", "1 once the replicas caught up and agents run", registry=REGISTRY)
 

@@ -7,25 +7,30 @@ and hands the results to `Runtime.send`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import orjson
 
 from streams import metrics
+from streams.contracts import RejectReason
+from streams.errors import is_transient
 from streams.experiments import ExperimentRegistry
-from streams.pipeline.events import Limits, RawEvent, RecentIds, Reject
+from streams.pipeline.events import Limits, RawEvent, RecentIds, Reject, reject
 from streams.pipeline.replica import WeightsReplica
 from streams.settings import Settings
 from streams.sink.state import StateStore
 from streams.topics import DEADLETTER, topic_specs
 
 log = logging.getLogger("bandit_stream")
-T = TypeVar("T")
 SendFn = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
+BatchHandler = Callable[["Runtime", Sequence[RawEvent]], Awaitable[None]]
+PERMANENT_TRIES = 3
 
 
 class Runtime:
@@ -45,6 +50,7 @@ class Runtime:
         self._store: StateStore | None = None
         self._store_lock = asyncio.Lock()
         self.send_raw: SendFn | None = None
+        self._last_outage_log: dict[str, float] = {}
 
     async def store(self) -> StateStore:
         async with self._store_lock:
@@ -71,7 +77,9 @@ class Runtime:
         if not rejects:
             return
         now = datetime.now(UTC)
-        await self.send(DEADLETTER, ((r.event.key, r.dead_letter(now)) for r in rejects))
+        await self.send(
+            DEADLETTER, ((_bounded_key(r.event.key), r.dead_letter(now)) for r in rejects)
+        )
         for r in rejects:
             metrics.DEAD_LETTERS.labels(reason=str(r.rejected.reason)).inc()
             log.info(
@@ -83,7 +91,7 @@ class Runtime:
                 r.event.offset,
             )
 
-    async def run_batch(self, stage: str, step: Callable[[], Awaitable[T]]) -> T:
+    async def run_batch(self, stage: str, batch: Sequence[RawEvent], handle: BatchHandler) -> None:
         """Apply one batch; a worker stopping mid-batch finishes it before faust acks it.
 
         faust acks a `take_events` batch when the agent leaves it, even by cancellation
@@ -92,44 +100,103 @@ class Runtime:
         once, committing nothing more: Kafka redelivers, and the offsets kept in Postgres
         make the redelivery harmless.
         """
-        task = asyncio.ensure_future(self.retrying(stage, step))
+        task = asyncio.ensure_future(self.settle(stage, batch, handle))
         try:
-            return await asyncio.shield(task)
+            await asyncio.shield(task)
         except asyncio.CancelledError:
             self.stopping = True
             try:
                 await asyncio.wait_for(asyncio.shield(task), timeout=30)
             except BaseException:
-                log.critical(
-                    "%s: the batch in flight could not be applied while stopping; "
-                    "exiting without committing it",
-                    stage,
-                )
-                os._exit(70)
+                exit_uncommitted(stage)
             raise
 
-    async def retrying(self, stage: str, step: Callable[[], Awaitable[T]]) -> T:
-        """Run a batch step until it succeeds: a batch is never acked before it is applied.
+    async def settle(self, stage: str, batch: Sequence[RawEvent], handle: BatchHandler) -> None:
+        """Apply a batch until it is applied, or its poison records are dead-lettered.
 
-        Errors here are the infrastructure's (database or broker unavailable): bad input is
-        refused by the pure steps and never raises. The batch waits, the service stays up.
+        An outage (`errors.is_transient`) waits and retries, forever, with backoff and one
+        log line a minute. Any other error is retried `PERMANENT_TRIES` times, then the batch
+        is split in halves, each settled on its own, down to the record that fails alone:
+        that one goes to the dead-letter topic with the exception, and the partition goes on.
+        A batch that fails while the worker stops is never acked: the process exits.
         """
+        tries = 0
         delay = 0.2
         while True:
             try:
-                return await step()
+                await handle(self, batch)
+                return
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 if self.stopping:
-                    raise
+                    exit_uncommitted(stage)
+                if is_transient(exc):
+                    metrics.TRANSIENT_WAITS.labels(stage=stage).inc()
+                    self._log_outage(stage, exc)
+                    await self._pause(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                tries += 1
                 metrics.STAGE_ERRORS.labels(stage=stage).inc()
-                log.exception("%s: batch failed, retrying in %.1f s", stage, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                if tries < PERMANENT_TRIES:
+                    log.warning("%s: batch of %d failed (%r); retrying", stage, len(batch), exc)
+                    await self._pause(0.1 * tries)
+                    continue
+                if len(batch) == 1:
+                    await self._poison(stage, batch[0], exc)
+                    return
+                log.warning(
+                    "%s: batch of %d keeps failing (%r); splitting it", stage, len(batch), exc
+                )
+                half = len(batch) // 2
+                await self.settle(stage, batch[:half], handle)
+                await self.settle(stage, batch[half:], handle)
+                return
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, waking early to exit when the worker stops."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not self.stopping:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, 0.1))
+
+    def _log_outage(self, stage: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_outage_log.get(stage, -1e9) >= 60:
+            self._last_outage_log[stage] = now
+            log.error("%s: waiting for the infrastructure (%s); retrying with backoff", stage, exc)
+
+    async def _poison(self, stage: str, event: RawEvent, exc: BaseException) -> None:
+        metrics.POISON.labels(stage=stage).inc()
+        log.error(
+            "%s: record %s[%d]@%d fails alone (%r); dead-lettered",
+            stage,
+            event.topic,
+            event.partition,
+            event.offset,
+            exc,
+        )
+        detail = (
+            f"the {stage} stage failed on this record alone: {type(exc).__name__}: {exc}"
+            "; report it with this dead letter (it was not applied)"
+        )
+        await self.dead_letter([reject(event, RejectReason.PROCESSING_ERROR, detail[:1500])])
 
 
-def _exit_uncommitted(stage: str) -> NoReturn:
+MAX_DEAD_LETTER_KEY = 1024
+
+
+def _bounded_key(key: bytes | None) -> bytes | None:
+    """The original key when small; a digest of it otherwise (a record must stay < 1 MB)."""
+    if key is None or len(key) <= MAX_DEAD_LETTER_KEY:
+        return key
+    return b"blake2b:" + hashlib.blake2b(key, digest_size=16).hexdigest().encode()
+
+
+def exit_uncommitted(stage: str) -> NoReturn:
     log.critical(
         "%s: the batch in flight could not be applied while the worker stops; "
         "exiting without committing it (Kafka will deliver it again)",

@@ -63,7 +63,6 @@ class Settings(BaseSettings):
 
     # --- the worker ---
     app_id: str = Field(default="bandit-stream", validation_alias="BANDIT_APP_ID")
-    store: str = Field(default="memory://", validation_alias="BANDIT_STORE")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
         default="at_least_once", validation_alias="BANDIT_PROCESSING_GUARANTEE"
     )
@@ -84,8 +83,15 @@ class Settings(BaseSettings):
     weights_min_change: float = Field(
         default=0.005, ge=0, validation_alias="BANDIT_WEIGHTS_MIN_CHANGE"
     )
-    weights_min_interval_s: float = Field(
-        default=1.0, ge=0, validation_alias="BANDIT_WEIGHTS_MIN_INTERVAL_S"
+    weights_interval_s: float = Field(
+        default=0.5, gt=0, validation_alias="BANDIT_WEIGHTS_INTERVAL_S"
+    )
+    insights_interval_s: float = Field(
+        default=10.0, gt=0, validation_alias="BANDIT_INSIGHTS_INTERVAL_S"
+    )
+    wait_grace_s: float = Field(default=600.0, ge=0, validation_alias="BANDIT_WAIT_GRACE_S")
+    unknown_experiment_wait_s: float = Field(
+        default=300.0, ge=0, validation_alias="BANDIT_UNKNOWN_EXPERIMENT_WAIT_S"
     )
 
     # --- input limits ---

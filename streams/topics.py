@@ -20,6 +20,7 @@ ALLOCATIONS = "allocations"
 INSIGHTS = "insights"
 DEADLETTER = "deadletter"
 SEGMENT_DELTAS = "segment-deltas"
+EXPERIMENT_CHANGES = "experiment-changes"
 SELFCHECK = "selfcheck"
 
 
@@ -53,6 +54,7 @@ _LAYOUT: tuple[tuple[str, str, str | None, bool, bool, bool], ...] = (
     (INSIGHTS, "experiment_id", "insights", False, False, False),
     (DEADLETTER, "the original key", DEADLETTER, False, False, False),
     (SEGMENT_DELTAS, "experiment_id|segment_key", None, False, True, False),
+    (EXPERIMENT_CHANGES, "experiment_id", None, False, True, False),
     (SELFCHECK, "check run id", None, False, True, True),
 )
 

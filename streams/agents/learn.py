@@ -1,111 +1,58 @@
-"""segment-deltas → allocations, on the segment partition: recompute, publish what moved.
+"""segment-deltas → the owner's counts, on the segment partition (`experiment|segment`).
 
-Each `experiment|segment` key lives on one partition, so one worker owns the publication of
-its weights; recomputation is rate-limited per key (BANDIT_WEIGHTS_MIN_INTERVAL_S).
+The worker that holds a key's partition is the only writer of that key's rows: each delta
+is applied once (its id is recorded with the rows and the consumed offsets, in one
+transaction), then the experiment's owner is told that something changed.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 
 from streams import metrics
-from streams.core.posterior import PoolingEstimate
-from streams.experiments import Experiment
 from streams.pipeline.events import RawEvent
-from streams.pipeline.learn import allocation_document, moved, policy_for, pooling_estimate
-from streams.pipeline.replica import GLOBAL_SEGMENT, allocation_key
+from streams.pipeline.learn import Delta, discount_of, fold
 from streams.runtime import Runtime
-from streams.topics import ALLOCATIONS
+from streams.topics import EXPERIMENT_CHANGES, SEGMENT_DELTAS
 
-SegmentRef = tuple[str, str]
-POOLING_REFRESH_S = 5.0  # the estimate spans every segment: cheap enough, not per change
+STAGE = "learn"
 log = logging.getLogger("bandit_stream.learn")
 
 
-class Learner:
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.last_run: dict[SegmentRef, float] = {}
-        self.published: dict[SegmentRef, dict[str, float]] = {}
-        self.pending: set[SegmentRef] = set()
-        self.pooling: dict[str, tuple[float, PoolingEstimate | None]] = {}
+def _deltas(batch: Sequence[RawEvent]) -> list[Delta]:
+    out = []
+    for event in batch:
+        try:
+            out.append(Delta.from_document(orjson.loads(event.value or b"")))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # written by the track stage of this service: a bug, not bad input
+            log.error("malformed segment delta ignored at %s[%d]@%d", *_where(event))
+    return out
 
-    async def changed(self, refs: Iterable[SegmentRef]) -> None:
-        """Recompute the refs not computed within the interval; defer the others."""
-        now = time.monotonic()
-        interval = self.rt.settings.weights_min_interval_s
-        due = set()
-        for ref in set(refs) | self.pending:
-            if now - self.last_run.get(ref, -1e9) >= interval:
-                due.add(ref)
-            else:
-                self.pending.add(ref)
-        self.pending -= due
-        if due:
-            await self.recompute(due)
 
-    async def _pooling(self, experiment: Experiment) -> PoolingEstimate | None:
-        """The experiment's pooling estimate over all its segments, refreshed every 5 s."""
-        if not policy_for(experiment).uses_pooling:
-            return None
-        at, estimate = self.pooling.get(experiment.experiment_id, (-1e9, None))
-        if time.monotonic() - at >= POOLING_REFRESH_S:
-            store = await self.rt.store()
-            every = await store.segment_counts(experiment.experiment_id)
-            estimate = pooling_estimate(experiment, every)
-            self.pooling[experiment.experiment_id] = (time.monotonic(), estimate)
-        return estimate
+def _where(event: RawEvent) -> tuple[str, int, int]:
+    return event.topic, event.partition, event.offset
 
-    async def learn_batch(self, rt: Runtime, batch: Sequence[RawEvent]) -> None:
-        """A batch of segment-deltas records: the refs they name changed."""
-        refs = set()
-        for event in batch:
-            try:
-                doc = orjson.loads(event.value or b"")
-                refs.add((str(doc["experiment_id"]), str(doc["segment_key"])))
-            except (ValueError, KeyError, TypeError):
-                log.error("malformed segment delta ignored at offset %s", event.offset)
-        await self.changed(refs)
 
-    async def flush_pending(self) -> None:
-        await self.changed(())
-
-    async def recompute(self, refs: set[SegmentRef]) -> None:
-        by_experiment: dict[str, list[str]] = defaultdict(list)
-        for experiment_id, segment_key in refs:
-            by_experiment[experiment_id].append(segment_key)
-        store = await self.rt.store()
-        docs: list[dict[str, Any]] = []
-        now = datetime.now(UTC)
-        for experiment_id, segments in by_experiment.items():
-            experiment = self.rt.registry.get(experiment_id)
-            if experiment is None:
-                continue
-            own = [s for s in segments if s != GLOBAL_SEGMENT]
-            counts = await store.segment_counts(experiment_id, own) if own else {}
-            totals = await store.experiment_totals(experiment_id)
-            pooling = await self._pooling(experiment) if own else None
-            for segment_key in segments:
-                doc = allocation_document(
-                    experiment, segment_key, counts.get(segment_key, {}), totals, now, pooling
-                )
-                ref = (experiment_id, segment_key)
-                self.last_run[ref] = time.monotonic()
-                if moved(
-                    self.published.get(ref), doc["weights"], self.rt.settings.weights_min_change
-                ):
-                    docs.append(doc)
-        await self.rt.send(
-            ALLOCATIONS,
-            ((allocation_key(d["experiment_id"], d["segment_key"]).encode(), d) for d in docs),
-        )
-        for d in docs:
-            self.published[(d["experiment_id"], d["segment_key"])] = d["weights"]
-        metrics.WEIGHTS_PUBLISHED.inc(len(docs))
+async def learn_batch(rt: Runtime, batch: Sequence[RawEvent]) -> None:
+    store = await rt.store()
+    changed: set[str] = set()
+    async with store.learn_batch(STAGE, batch) as tx:
+        deltas = _deltas(tx.fresh)
+        new = await tx.new_deltas(d.delta_id for d in deltas)
+        deltas = [d for d in deltas if d.delta_id in new]
+        if deltas:
+            keys = [(d.experiment_id, d.segment_key, v) for d in deltas for v in d.variants]
+            discounts = {}
+            for d in deltas:
+                experiment = rt.registry.get(d.experiment_id)
+                discounts[d.experiment_id] = discount_of(experiment) if experiment else 1.0
+            rows = fold(await tx.rows(keys), deltas, discounts, datetime.now(UTC))
+            await tx.write(rows)
+            changed = {d.experiment_id for d in deltas}
+    metrics.EVENTS_IN.labels(topic=SEGMENT_DELTAS).inc(len(batch))
+    await rt.send(EXPERIMENT_CHANGES, ((e.encode(), {"experiment_id": e}) for e in sorted(changed)))

@@ -10,19 +10,12 @@ from __future__ import annotations
 from streams import metrics
 from streams.client.replicas import Replicas, replicate_forever
 from streams.runtime import Runtime
-from streams.topics import ALLOCATIONS, EXPERIMENTS
 
 
 async def run_replicas(rt: Runtime) -> None:
     """Replicate forever; restart the consumer after any error (never crash the worker)."""
     replicas = Replicas(rt.registry, rt.weights, rt.replicas_ready)
-    await replicate_forever(
-        rt.settings.bootstrap_servers,
-        rt.topics[EXPERIMENTS],
-        rt.topics[ALLOCATIONS],
-        replicas,
-        on_update=_count,
-    )
+    await replicate_forever(rt.settings, replicas, on_update=_count)
 
 
 def _count(replica: str) -> None:

@@ -97,12 +97,12 @@ def _refuse_experiment(
             f"experiment {experiment_id!r} is not defined; create it with "
             "`bandit-stream experiment create` before sending its events",
         )
-    if experiment.status != "running":
+    if experiment.status == "stopped":
         return reject(
             event,
             RejectReason.EXPERIMENT_NOT_RUNNING,
-            f"experiment {experiment_id!r} is {experiment.status}; only running "
-            "experiments take events",
+            f"experiment {experiment_id!r} is stopped; a stopped experiment takes no visits "
+            "(a paused one is decided from its last weights)",
         )
     return None
 

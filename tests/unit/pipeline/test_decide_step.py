@@ -117,18 +117,19 @@ def test_holdout_visitors_get_uniform() -> None:
 
 def test_refusals_carry_reasons() -> None:
     reg = registry()
-    reg.apply(
-        "paused", {**new_experiment_document("paused", ["a", "b"], now=NOW), "status": "paused"}
-    )
+    for status in ("paused", "stopped"):
+        doc = new_experiment_document(status, ["a", "b"], now=NOW)
+        reg.apply(status, {**doc, "status": status})
     events = [
         raw(visit_doc("e1"), offset=1),
         raw(visit_doc("e1", visitor="other"), offset=2),  # the same event id again
         raw(visit_doc("e2", experiment="nope"), offset=3),
-        raw(visit_doc("e3", experiment="paused"), offset=4),
+        raw(visit_doc("e3", experiment="stopped"), offset=4),
         RawEvent("visits", 0, 5, None, b"\x00garbage"),
+        raw(visit_doc("e4", experiment="paused"), offset=6),  # paused: decided, not refused
     ]
     visits, rejects = prepare_visits(events, reg, LIMITS, NOW, RecentIds())
-    assert [v.event_id for v in visits] == ["e1"]
+    assert [v.event_id for v in visits] == ["e1", "e4"]
     assert [str(r.rejected.reason) for r in rejects] == [
         "duplicate_event",
         "unknown_experiment",

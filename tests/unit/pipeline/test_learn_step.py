@@ -1,83 +1,151 @@
-"""The learn step: allocation documents from counts, and when they are worth publishing."""
+"""The learn step without Kafka or Postgres: the owner's fold and snapshot → allocations."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
-from streams.contracts import validate
+from streams.core.snapshot import ExperimentSnapshot, SegmentSnapshot, VariantStats
 from streams.experiments import experiment_from_document, new_experiment_document
-from streams.pipeline.learn import allocation_document, moved
-from streams.pipeline.replica import WeightsReplica
+from streams.pipeline.learn import (
+    Delta,
+    OwnedRow,
+    allocations,
+    decayed_to,
+    fold,
+    to_publish,
+)
+from streams.pipeline.replica import GLOBAL_SEGMENT, WeightsReplica
 
 pytestmark = pytest.mark.unit
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
 
-def experiment(policy: str = "segment") -> object:
-    return experiment_from_document(
-        new_experiment_document(
-            "exp", ["a", "b", "c"], policy={"name": policy, "min_samples_per_segment": 0}, now=NOW
-        )
+def experiment(policy: dict[str, Any] | None = None) -> Any:
+    doc = new_experiment_document(
+        "exp", ["a", "b"], context_features=["device"], policy=policy, now=NOW
+    )
+    return experiment_from_document(doc)
+
+
+def delta(delta_id: int, segment: str, **variants: dict[str, float]) -> Delta:
+    return Delta(delta_id, "exp", segment, variants)
+
+
+def test_fold_adds_raw_counts_and_decays_effective_ones_by_the_minute() -> None:
+    start = OwnedRow(
+        VariantStats(
+            exposures=100, conversions=10, effective_exposures=100.0, effective_conversions=10.0
+        ),
+        NOW - timedelta(minutes=2),
+        NOW - timedelta(hours=1),
+        NOW - timedelta(minutes=2),
+    )
+    key = ("exp", "device:mobile", "a")
+    rows = fold(
+        {key: start},
+        [delta(1, "device:mobile", a={"exposures": 4, "conversions": 1})],
+        {"exp": 0.5},
+        NOW,
+    )
+    row = rows[key]
+    assert (row.stats.exposures, row.stats.conversions) == (104, 11)
+    # two minutes at a discount of 0.5 per minute keep a quarter of the old evidence
+    assert row.stats.effective_exposures == pytest.approx(100 * 0.25 + 4)
+    assert row.stats.effective_conversions == pytest.approx(10 * 0.25 + 1)
+    assert row.first_seen == start.first_seen and row.decayed_at == NOW == row.last_seen
+    # without discount nothing is forgotten
+    same = fold({key: start}, [delta(1, "device:mobile", a={"exposures": 4})], {}, NOW)[key]
+    assert same.stats.effective_exposures == 104.0
+
+
+def test_fold_of_two_deltas_of_one_row_adds_both() -> None:
+    deltas = [delta(1, "s", a={"exposures": 2}), delta(2, "s", a={"exposures": 3, "ipw_weight": 6})]
+    rows = fold({}, deltas, {}, NOW)
+    assert rows[("exp", "s", "a")].stats.exposures == 5
+    assert rows[("exp", "s", "a")].stats.ipw_weight == 6
+
+
+def _stats(n: float, c: float) -> VariantStats:
+    return VariantStats(
+        exposures=int(n), conversions=int(c), effective_exposures=n, effective_conversions=c
     )
 
 
-def test_a_clear_winner_gets_most_weight_and_the_document_is_valid() -> None:
-    segment = {"a": (500, 10), "b": (500, 60), "c": (500, 12)}
-    doc = allocation_document(experiment(), "device:mobile", segment, segment, NOW)  # type: ignore[arg-type]
-    assert validate("allocations", doc) is None
-    assert max(doc["weights"], key=doc["weights"].get) == "b"
-    assert doc["weights"]["b"] > 0.9
-    assert doc["version"] == 1500 + 82
-    assert sum(doc["weights"].values()) == pytest.approx(1.0)
+def snapshot(**segments: tuple[tuple[float, float], tuple[float, float]]) -> ExperimentSnapshot:
+    return ExperimentSnapshot(
+        "exp",
+        ("a", "b"),
+        NOW,
+        {
+            key.replace("_", ":"): SegmentSnapshot(
+                key.replace("_", ":"), {"a": _stats(*a), "b": _stats(*b)}, NOW, NOW
+            )
+            for key, (a, b) in segments.items()
+        },
+    )
 
 
-def test_global_key_uses_the_experiment_totals() -> None:
-    totals = {"a": (900, 90), "b": (900, 20), "c": (900, 20)}
-    doc = allocation_document(experiment(), "*", {}, totals, NOW)  # type: ignore[arg-type]
-    assert doc["source"] == "global" and max(doc["weights"], key=doc["weights"].get) == "a"
+def test_one_snapshot_gives_every_segment_and_star_one_version() -> None:
+    snap = snapshot(device_mobile=((400, 40), (400, 8)), device_desktop=((100, 2), (100, 10)))
+    docs = allocations(experiment({"name": "segment", "min_samples_per_segment": 10}), snap, 7)
+    assert set(docs) == {"device:mobile", "device:desktop", GLOBAL_SEGMENT}
+    assert {d["version"] for d in docs.values()} == {7}
+    assert docs["device:mobile"]["weights"]["a"] > 0.9
+    assert docs["device:desktop"]["weights"]["b"] > 0.9
+    # `*` is the traffic-weighted mixture of the segments' allocations (800 : 200)
+    star = docs[GLOBAL_SEGMENT]["weights"]["a"]
+    mixture = (
+        0.8 * docs["device:mobile"]["weights"]["a"] + 0.2 * docs["device:desktop"]["weights"]["a"]
+    )
+    assert star == pytest.approx(mixture)
+    assert docs[GLOBAL_SEGMENT]["exposures"] == {"a": 500, "b": 500}
 
 
-def test_no_data_means_equal_weights() -> None:
-    doc = allocation_document(experiment("pooled"), "s", {}, {}, NOW)  # type: ignore[arg-type]
-    assert max(doc["weights"].values()) - min(doc["weights"].values()) < 1e-9
+def test_a_uniform_experiment_is_uniform_everywhere_including_star() -> None:
+    snap = snapshot(device_mobile=((400, 40), (400, 8)))
+    docs = allocations(experiment({"name": "uniform"}), snap, 1)
+    for doc in docs.values():
+        assert doc["weights"] == {"a": 0.5, "b": 0.5}
+    assert allocations(experiment({"name": "uniform"}), snapshot(), 1)[GLOBAL_SEGMENT][
+        "weights"
+    ] == {"a": 0.5, "b": 0.5}
 
 
-def test_moved_threshold() -> None:
-    assert moved(None, {"a": 0.5, "b": 0.5}, 0.01)
-    assert not moved({"a": 0.5, "b": 0.5}, {"a": 0.505, "b": 0.495}, 0.01)
-    assert moved({"a": 0.5, "b": 0.5}, {"a": 0.52, "b": 0.48}, 0.01)
-
-
-def test_replica_keeps_the_newest_version() -> None:
+def test_weights_that_move_while_counts_do_not_reach_every_replica() -> None:
+    # the pooled policy: another segment's evidence moves this segment's weights; each
+    # publication carries a higher version, so a replica takes it
+    exp = experiment({"name": "pooled"})
+    quiet = ((50, 2), (50, 3))
+    first = allocations(exp, snapshot(device_mobile=quiet, device_desktop=((60, 3), (60, 3))), 1)
+    second = allocations(
+        exp, snapshot(device_mobile=quiet, device_desktop=((3000, 60), (3000, 240))), 2
+    )
+    before = first["device:mobile"]["weights"]["b"]
+    after = second["device:mobile"]["weights"]["b"]
+    assert abs(after - before) > 0.01
     replica = WeightsReplica()
-    newer = {
-        "experiment_id": "e",
-        "segment_key": "s",
-        "weights": {"a": 0.9, "b": 0.1},
-        "source": "segment",
-        "version": 5,
-    }
-    older = {**newer, "weights": {"a": 0.1, "b": 0.9}, "version": 3}
-    assert replica.apply(newer) and not replica.apply(older)
-    found = replica.lookup("e", "s")
-    assert found is not None and found[0].probabilities == (0.9, 0.1) and found[1]
-    assert replica.lookup("e", "other") is None
+    assert replica.apply(first["device:mobile"]) and replica.apply(second["device:mobile"])
+    entry, own = replica.lookup("exp", "device:mobile")
+    assert own and entry.version == 2 and math.isclose(entry.probabilities[1], after)
+    assert not replica.apply(first["device:mobile"])  # an older snapshot never wins
 
 
-def test_pooled_segments_use_the_pooling_estimate_over_every_segment() -> None:
-    """Segments that all agree make the estimate pool hard: a small segment's lucky streak
-    moves its weights less than under the fixed fallback strength."""
-    from streams.pipeline.learn import pooling_estimate
+def test_to_publish_sends_what_moved_and_everything_on_a_heartbeat() -> None:
+    docs = {"s1": {"weights": {"a": 0.5, "b": 0.5}}, "s2": {"weights": {"a": 0.7, "b": 0.3}}}
+    published = {"s1": {"a": 0.501, "b": 0.499}, "s2": {"a": 0.6, "b": 0.4}}
+    assert to_publish(docs, published, 0.005, heartbeat=False) == ["s2"]
+    assert to_publish(docs, published, 0.005, heartbeat=True) == ["s1", "s2"]
+    assert to_publish(docs, {}, 0.005, heartbeat=False) == ["s1", "s2"]
 
-    pooled = experiment("pooled")
-    agreeing = {f"s{i}": {"a": (2000, 100), "b": (2000, 60), "c": (2000, 60)} for i in range(8)}
-    small = {"a": (40, 1), "b": (40, 5), "c": (40, 2)}
-    totals = {"a": (16040, 801), "b": (16040, 485), "c": (16040, 482)}
-    estimate = pooling_estimate(pooled, {**agreeing, "small": small})  # type: ignore[arg-type]
-    assert estimate is not None
-    with_estimate = allocation_document(pooled, "small", small, totals, NOW, estimate)  # type: ignore[arg-type]
-    fallback = allocation_document(pooled, "small", small, totals, NOW)  # type: ignore[arg-type]
-    assert with_estimate["weights"]["a"] > fallback["weights"]["a"]
-    assert pooling_estimate(experiment("segment"), agreeing) is None  # type: ignore[arg-type]
+
+def test_a_snapshot_decays_each_segment_from_its_last_update() -> None:
+    seg = SegmentSnapshot("s", {"a": _stats(100, 10)}, NOW, NOW - timedelta(minutes=1))
+    snap = ExperimentSnapshot("exp", ("a",), NOW, {"s": seg})
+    decayed = decayed_to(snap, 0.5).segments["s"].stats("a")
+    assert decayed.effective_exposures == pytest.approx(50.0)
+    assert decayed.exposures == 100  # raw counts are never discounted
+    assert decayed_to(snap, 1.0) is snap
