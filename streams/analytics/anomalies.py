@@ -1,0 +1,233 @@
+"""Anomalies: sample-ratio mismatch, rate drops, far-off segments, spikes.
+
+Sample-ratio mismatch under adaptive allocation (derivation). Decision t (of N) shows
+variant v with probability π_t(v), fixed before the draw. Let X_t(v) = 1{V_t = v}/π_t(v),
+so W_v = Σ_t X_t(v) = ipw_weight. Then E[X_t(v) | past] = 1 for every v: each W_v
+estimates the same number N of decisions, however the allocation moved. The
+martingale-difference covariance per decision is Var X_t(v) = 1/π_t(v) - 1 and
+Cov(X_t(u), X_t(v)) = -1 (u ≠ v, the indicators never both fire), i.e. Cov(W) =
+diag(A) - N 11ᵀ with A_v = Σ_t 1/π_t(v). Any contrast cᵀW with cᵀ1 = 0 kills the N 11ᵀ
+part, so for the k - 1 contrasts the W_v behave as independent estimates with variances
+A_v, and A_v is estimated without bias by Σ_{exposures of v} 1/p² = ipw_weight_sq
+(E[1{V=v}/π²] = 1/π). The homogeneity statistic
+
+    Q = Σ_v (W_v - W̄)² / A_v,   W̄ = Σ_v (W_v / A_v) / Σ_v (1 / A_v),
+
+is χ²(k - 1) under no mismatch (martingale CLT). With fixed equal propensities 1/k it is
+Neyman's χ² on the exposure counts. Dropped exposures of one variant shrink its W_v below
+the others' (it no longer estimates N) and Q grows with N. As GrowthBook does, the test
+needs ≥ 5 per cell: here every variant's exposures (only the chosen variant's propensity is
+logged, so the expected count Σ_t π_t(v) is not observable; the observed count stands in
+for it). A variant with no exposure at all while the others have `SRM_EMPTY_VARIANT` is
+reported apart. Checked every few seconds, so the threshold is GrowthBook's p < 0.001
+(Bonferroni-divided over segments), not 0.05.
+
+Rate drops compare the period since the oldest `history` snapshot with everything before
+it (disjoint decisions). Far-off segments and spikes are plain thresholds, stated where
+they are defined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+from scipy import stats
+
+from streams.analytics import fixed
+from streams.analytics.ipw import Cells, ht_rate, log_ratio_independent
+
+SRM_P: Final = 0.001
+SRM_MIN_PER_VARIANT: Final = 5
+SRM_EMPTY_VARIANT: Final = 1000
+"""Exposures of the other variants at which a variant with none is a mismatch."""
+ANOMALY_P: Final = 0.001
+"""Threshold of the drop and far-off tests (Bonferroni-divided over what is tested)."""
+MIN_DROP: Final = 0.25
+"""A drop must also be at least this large (relative) to be reported."""
+MIN_PERIOD_CONVERSIONS: Final = 10
+FAR_COHENS_H: Final = 0.2
+"""A far-off segment must also differ by at least a small effect (Cohen's h ≥ 0.2)."""
+SPIKE_MIN: Final = 10
+SPIKE_SHARE: Final = 0.05
+"""Spike: ≥ SPIKE_MIN new unattributed conversions (expired exposures, dead letters) and
+more than SPIKE_SHARE of the conversions (exposures) of the same period."""
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    type: str
+    severity: str
+    message: str
+    segment_key: str = "*"
+    variant_id: str | None = None
+    statistic: float | None = None
+    p_value: float | None = None
+    observed: float | None = None
+    expected: float | None = None
+    n: int | None = None
+
+    def report(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": self.type,
+            "severity": self.severity,
+            "segment_key": self.segment_key,
+            "message": self.message,
+        }
+        for name in ("variant_id", "statistic", "p_value", "observed", "expected", "n"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, float) or np.isfinite(value)):
+                body[name] = value
+        return body
+
+
+def srm_statistic(w: np.ndarray, w2: np.ndarray) -> tuple[float, float, int]:
+    """(Q, p-value, degrees of freedom) of the propensity-weighted SRM test; NaN if < 2."""
+    w = np.asarray(w, dtype=float)
+    w2 = np.asarray(w2, dtype=float)
+    ok = (w > 0) & (w2 > 0)
+    if ok.sum() < 2:
+        return float("nan"), float("nan"), 0
+    w, a = w[ok], w2[ok]
+    centre = float(np.sum(w / a) / np.sum(1.0 / a))
+    q = float(np.sum((w - centre) ** 2 / a))
+    df = int(ok.sum()) - 1
+    return q, float(stats.chi2.sf(q, df)), df
+
+
+def sample_ratio_mismatch(cells: Cells) -> list[Anomaly]:
+    found: list[Anomaly] = []
+    rows = [("*", cells.exposures.sum(0), cells.w.sum(0), cells.w2.sum(0), 1.0)]
+    threshold = SRM_P / max(1, len(cells.segments))
+    rows += [
+        (key, cells.exposures[i], cells.w[i], cells.w2[i], threshold)
+        for i, key in enumerate(cells.segments)
+    ]
+    for key, n, w, w2, level in rows:
+        total = int(n.sum())
+        if len(n) >= 2 and total - n.max() >= SRM_EMPTY_VARIANT and n.min() == 0:
+            empty = cells.variants[int(np.argmin(n))]
+            found.append(
+                Anomaly(
+                    "sample_ratio_mismatch", "critical",
+                    f"{key}: variant {empty} has no exposure while the others have {total:,}; "
+                    "are its exposures reaching the exposures topic?",
+                    key, empty, observed=0.0, n=total,
+                )
+            )  # fmt: skip
+            continue
+        if len(n) < 2 or n.min() < SRM_MIN_PER_VARIANT:
+            continue
+        q, p, _ = srm_statistic(w, w2)
+        if np.isfinite(p) and p < level:
+            ratio = w / max(float(np.median(w)), 1e-12)
+            worst = int(np.argmax(np.abs(ratio - 1.0)))
+            found.append(
+                Anomaly(
+                    "sample_ratio_mismatch", "critical",
+                    f"{key}: exposures do not match the logged propensities (χ² = {q:.1f}, "
+                    f"p = {p:.1g}); {cells.variants[worst]} accounts for "
+                    f"{w[worst]:,.0f} decisions against a median {np.median(w):,.0f}. "
+                    "Exposures of one variant are probably lost or duplicated; "
+                    "do not trust its rates until this is explained.",
+                    key, cells.variants[worst], statistic=q, p_value=p,
+                    observed=float(w[worst]), expected=float(np.median(w)), n=total,
+                )
+            )  # fmt: skip
+    return found
+
+
+def rate_drops(cells: Cells, earlier: Cells) -> list[Anomaly]:
+    """Rates of the period since `earlier` against everything before it."""
+    recent = cells.minus(earlier)
+    found: list[Anomaly] = []
+    # per variant, over the experiment: inverse-propensity rates of the two periods
+    k = len(cells.variants)
+    before = ht_rate(
+        earlier.y.sum(0), earlier.y2_floored.sum(0), np.full(k, earlier.decisions.sum())
+    )
+    now = ht_rate(recent.y.sum(0), recent.y2_floored.sum(0), np.full(k, recent.decisions.sum()))
+    change = log_ratio_independent(now, before)
+    enough = (recent.conversions.sum(0) >= MIN_PERIOD_CONVERSIONS) & (
+        earlier.conversions.sum(0) >= MIN_PERIOD_CONVERSIONS
+    )
+    tests = int(enough.sum()) + len(cells.segments)
+    level = ANOMALY_P / max(1, tests)
+    p = stats.norm.cdf(change.t)
+    for j in np.nonzero(enough)[0]:
+        relative = float(np.expm1(change.estimate[j]))
+        if np.isfinite(p[j]) and p[j] < level and relative <= -MIN_DROP:
+            found.append(
+                Anomaly(
+                    "rate_drop", "warning",
+                    f"{cells.variants[j]} converts {now.estimate[j]:.2%} since "
+                    f"{recent.decisions.sum():,.0f} decisions ago against "
+                    f"{before.estimate[j]:.2%} before ({relative:+.0%}, p = {p[j]:.1g}).",
+                    "*", cells.variants[j], statistic=float(change.t[j]), p_value=float(p[j]),
+                    observed=float(now.estimate[j]), expected=float(before.estimate[j]),
+                    n=int(recent.decisions.sum()),
+                )
+            )  # fmt: skip
+    # per segment, every variant together: the rate it really had
+    index = {key: i for i, key in enumerate(earlier.segments)}
+    for i, key in enumerate(cells.segments):
+        if key not in index:
+            continue
+        c1, n1 = recent.conversions[i].sum(), recent.exposures[i].sum()
+        c0, n0 = earlier.conversions[index[key]].sum(), earlier.exposures[index[key]].sum()
+        if min(c1, c0) < MIN_PERIOD_CONVERSIONS:
+            continue
+        z, _ = fixed.two_proportion_z(c1, n1, c0, n0)
+        one_sided = float(stats.norm.cdf(z))
+        relative = float((c1 / n1) / (c0 / n0) - 1.0)
+        if one_sided < level and relative <= -MIN_DROP:
+            found.append(
+                Anomaly(
+                    "rate_drop", "warning",
+                    f"{key}: converts {c1 / n1:.2%} over its last {n1:,.0f} exposures against "
+                    f"{c0 / n0:.2%} before ({relative:+.0%}, p = {one_sided:.1g}).",
+                    key, statistic=float(z), p_value=one_sided, observed=float(c1 / n1),
+                    expected=float(c0 / n0), n=int(n1),
+                )
+            )  # fmt: skip
+    return found
+
+
+def far_segments(cells: Cells) -> list[Anomaly]:
+    """Segments whose rate (all variants) is far from the rest of the experiment."""
+    n, c = cells.exposures.sum(1), cells.conversions.sum(1)
+    if len(n) < 3:
+        return []
+    rest_n, rest_c = n.sum() - n, c.sum() - c
+    z, p = fixed.two_proportion_z(c, n, rest_c, rest_n)
+    h = fixed.cohens_h(fixed.rate(c, n), fixed.rate(rest_c, rest_n))
+    level = ANOMALY_P / len(n)
+    found = []
+    for i in np.nonzero((p < level) & (np.abs(h) >= FAR_COHENS_H))[0]:
+        found.append(
+            Anomaly(
+                "far_segment", "info",
+                f"{cells.segments[i]}: converts {c[i] / n[i]:.2%} against "
+                f"{rest_c[i] / rest_n[i]:.2%} in the rest of the experiment "
+                f"(Cohen's h = {h[i]:+.2f}, n = {n[i]:,.0f}); "
+                "check its traffic source before reading its lifts.",
+                cells.segments[i], statistic=float(z[i]), p_value=float(p[i]),
+                observed=float(c[i] / n[i]), expected=float(rest_c[i] / rest_n[i]), n=int(n[i]),
+            )
+        )  # fmt: skip
+    return found
+
+
+def spike(kind: str, new: float, base: float, what: str) -> Anomaly | None:
+    """`new` events of `kind` in a period with `base` events they should be a share of."""
+    if new >= SPIKE_MIN and new > SPIKE_SHARE * max(base, 0.0):
+        share = new / base if base > 0 else float("inf")
+        shown = f"{share:.0%} of" if np.isfinite(share) else "with no"
+        return Anomaly(
+            kind, "warning",
+            f"{new:,.0f} {what} in the last period, {shown} {base:,.0f} expected events; "
+            "check the producers and the dead-letter topic.",
+            observed=float(new), expected=float(base), n=int(new),
+        )  # fmt: skip
+    return None
