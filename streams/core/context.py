@@ -7,18 +7,21 @@ this module never trusts a type and never raises: wrong types, NaN, absurd numbe
 nested junk or a non-mapping context all degrade to ``unknown`` rather than dropping a
 visit (and with it the reward signal) on the floor.
 
-User agents are parsed with the maintained ``ua-parser`` rule set rather than our own
-regexes; its answer is mapped onto our closed vocabularies and memoized, because the
-same few hundred UA strings account for most traffic.
+User agents are parsed with the maintained ``ua-parser`` rule set first; our own rules
+(each with the UA strings that need it) only add what it does not answer: the form
+factor, in-app browsers, iPads that ask for the desktop site, crawlers it does not mark.
+The answer is memoized, because the same few hundred UA strings make most traffic.
+Traffic sources follow GA4's default channel grouping (see ``channel``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from types import MappingProxyType
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import ua_parser
 
@@ -29,25 +32,38 @@ NO = "no"
 
 # fmt: off
 FEATURES: tuple[str, ...] = (
-    "device", "os", "browser", "in_app", "is_bot",
-    "source", "medium", "campaign_present",
+    "device", "os", "browser", "app", "in_app", "is_bot",
+    "source", "medium", "channel", "campaign_present",
     "country", "language", "hour_bucket", "weekday",
     "pages_bucket", "time_bucket", "visitor_type", "screen",
 )
 
 _YES_NO = frozenset({YES, NO, UNKNOWN})
+_APP_NAMES = ("instagram", "facebook", "messenger", "tiktok", "snapchat", "linkedin",
+              "pinterest", "twitter", "wechat", "line")
+_CHANNEL_NAMES = (
+    "direct", "cross_network", "paid_shopping", "paid_search", "paid_social", "paid_video",
+    "display", "paid_other", "organic_shopping", "organic_social", "organic_video",
+    "organic_search", "referral", "email", "affiliates", "audio", "sms", "mobile_push",
+    "unassigned",
+)
 #: Closed vocabulary of every feature except the open-ended ``country`` and ``language``.
 VOCABULARIES: Mapping[str, frozenset[str]] = MappingProxyType({
-    "device": frozenset({"mobile", "tablet", "desktop", "bot", UNKNOWN}),
+    # other: a TV, console, watch, VR headset, car or e-ink reader
+    "device": frozenset({"mobile", "tablet", "desktop", "bot", OTHER, UNKNOWN}),
     "os": frozenset({"ios", "android", "windows", "macos", "linux", "chromeos", OTHER, UNKNOWN}),
-    "browser": frozenset({"chrome", "safari", "firefox", "edge", "samsung", "instagram",
-                          "facebook", "tiktok", OTHER, UNKNOWN}),
+    # an in-app browser is named after its app
+    "browser": frozenset({"chrome", "safari", "firefox", "edge", "samsung", "opera", *_APP_NAMES,
+                          OTHER, UNKNOWN}),
+    "app": frozenset({*_APP_NAMES, "none", OTHER, UNKNOWN}),  # none: not in an app
     "in_app": _YES_NO,
     "is_bot": _YES_NO,
     "source": frozenset({"instagram", "facebook", "tiktok", "google", "bing", "twitter",
-                         "linkedin", "youtube", "email", "direct", "referral", OTHER, UNKNOWN}),
+                         "linkedin", "youtube", "pinterest", "snapchat", "email", "direct",
+                         "referral", OTHER, UNKNOWN}),
     "medium": frozenset({"paid", "social", "organic", "email", "referral", "direct", OTHER,
                          UNKNOWN}),
+    "channel": frozenset({*_CHANNEL_NAMES, UNKNOWN}),  # GA4's default channel group
     "campaign_present": _YES_NO,
     "hour_bucket": frozenset({"night", "morning", "afternoon", "evening", UNKNOWN}),
     "weekday": frozenset({"weekday", "weekend", UNKNOWN}),
@@ -87,143 +103,334 @@ _BROWSERS = _invert({
     "chrome": "Chrome|Chrome Mobile|Chrome Mobile iOS|Chrome Mobile WebView|Chromium|"
               "HeadlessChrome",
     "safari": "Safari|Mobile Safari|Mobile Safari UI/WKWebView",
-    "firefox": "Firefox|Firefox Mobile|Firefox iOS", "edge": "Edge|Edge Mobile",
-    "samsung": "Samsung Internet", "instagram": "Instagram",
-    "facebook": "Facebook|Facebook Messenger", "tiktok": "TikTok",
+    "firefox": "Firefox|Firefox Mobile|Firefox iOS|Firefox Focus",
+    "edge": "Edge|Edge Mobile", "samsung": "Samsung Internet",
+    "opera": "Opera|Opera Mobile|Opera Mini|Opera Touch|Opera GX",
 }, "|")
 _OSES = _invert({
-    "ios": "iOS", "android": "Android", "windows": "Windows", "macos": "Mac OS X|Mac OS",
+    "ios": "iOS|iPadOS", "android": "Android", "windows": "Windows", "macos": "Mac OS X|Mac OS",
     "chromeos": "Chrome OS", "linux": "Linux|Ubuntu|Kubuntu|Xubuntu|Debian|Fedora|Mint|Red Hat|"
                                       "Gentoo|Arch Linux|openSUSE|SUSE|CentOS",
 }, "|")
-# Fallback when ua-parser misses an in-app browser (its rules lag new app releases).
-_IN_APP_TOKENS = (
-    ("instagram", "instagram"), ("fban/", "facebook"), ("fbav/", "facebook"),
-    ("fb_iab/", "facebook"), ("bytedancewebview", "tiktok"), ("musical_ly", "tiktok"),
+#: In-app browsers of the apps that carry most social traffic: a substring of the
+#: lower-cased UA -> app, first match wins. ua-parser names some of these apps but not
+#: all (it has no rule for LinkedIn's and misses Instagram's app-only UA on some builds),
+#: and the app is what the segment needs, so the tokens are checked on every UA.
+_APPS: tuple[tuple[str, str], ...] = (
+    # "... Mobile/15E148 Instagram 329.0.3.29.108 (iPhone15,2; iOS 17_4; ...)" and
+    # "... Mobile Safari/537.36 Instagram 415.0.0.36.76 Android (33/13; 480dpi; ...)"
+    ("instagram", "instagram"),
+    # Messenger before Facebook: "[FBAN/MessengerForiOS;...]", "[FB_IAB/MESSENGER;...]",
+    # and the old Android app "[FBAN/Orca-Android;...]".
+    ("fban/messengerforios", "messenger"), ("fb_iab/messenger", "messenger"),
+    ("fban/orca-android", "messenger"),
+    # "[FBAN/FBIOS;FBAV/452...]", "[FB_IAB/FB4A;FBAV/459...]", app UA "[FBAN/FB4A;...]"
+    ("fban/", "facebook"), ("fb_iab/", "facebook"), ("fbav/", "facebook"),
+    # TikTok (ByteDance): iOS "musical_ly_34.1.0 ... BytedanceWebview/d8a21c6", Android
+    # "trill_340103 ... AppName/trill ... BytedanceWebview/...", "AppName/musical_ly"
+    ("bytedancewebview", "tiktok"), ("musical_ly", "tiktok"), ("appname/trill", "tiktok"),
+    ("trill_", "tiktok"),
+    # "... Mobile/15E148 Snapchat/12.80.0.35 (like Safari/...)"; Android webviews likewise
+    ("snapchat", "snapchat"),
+    # "... Mobile/15E148 [LinkedInApp]/9.29.2336", Android "... LinkedInApp"
+    ("linkedinapp", "linkedin"),
+    # "[Pinterest/iOS]", "[Pinterest/Android]", "Pinterest for Android Tablet/4.3.1 (...)"
+    ("pinterest", "pinterest"),
+    # X/Twitter: iOS "... Twitter for iPhone/10.34" ("for iPad"), Android "... TwitterAndroid"
+    ("twitter for ip", "twitter"), ("twitterandroid", "twitter"),
+    # WeChat: "... MicroMessenger/8.0.47(0x18002f2c) NetType/WIFI Language/zh_CN"
+    ("micromessenger", "wechat"),
+    # LINE: iOS "... Mobile/15A372 Safari Line/7.12.0", Android "... Safari/537.36 Line/6.4.1"
+    (" line/", "line"),
 )
-# Apps whose embedded webviews ua-parser names but which have no browser value of their own.
+# Embedded browsers of other apps: ua-parser names them, or Android marks its WebView "; wv)".
 _OTHER_IN_APP = frozenset({"Chrome Mobile WebView", "Mobile Safari UI/WKWebView", "LINE",
-                           "WeChat Browser", "KakaoTalk", "Twitter", "Weibo", "Snapchat"})
-_BOT_TOKENS = ("bot/", "bot;", "bot)", "+http", "crawler", "spider", "headless", "curl/",
-               "wget/", "python-", "go-http-client", "okhttp", "scrapy", "phantomjs",
-               "lighthouse", "facebookexternalhit")
+                           "WeChat Browser", "KakaoTalk", "Twitter", "Weibo", "Snapchat",
+                           "Google", "NAVER", "Baidu Box App", "DuckDuckGo Mobile"})
+# Crawlers ua-parser's device rules do not mark "Spider" (checked before anything else,
+# so a crawler on a phone UA such as Google-InspectionTool's is a bot, never a visitor).
+_BOT_TOKENS = ("bot/", "bot;", "bot)", "bot ", "+http", "crawler", "spider", "headless",
+               "curl/", "wget/", "python-", "python/", "go-http-client", "okhttp", "scrapy",
+               "phantomjs", "lighthouse", "pagespeed", "gtmetrix", "pingdom", "uptimerobot",
+               "google-inspectiontool", "googleother", "google-extended", "mediapartners-google",
+               "adsbot-google", "feedfetcher", "google-read-aloud", "bingpreview", "slurp",
+               "facebookexternalhit", "facebookcatalog", "meta-externalagent", "ia_archiver",
+               "apache-httpclient", "libwww-perl", "node-fetch", "axios/", "ahc/",
+               "httpclient", "validator", "scanner", "fetcher")
 _BOT_FAMILIES = frozenset({"Python Requests", "Python aiohttp", "HTTPClient", "curl", "Wget",
-                           "HeadlessChrome", "PhantomJS"})
-_MOBILE_OSES = frozenset({"Windows Phone", "Windows Mobile", "KaiOS", "BlackBerry OS",
-                          "Symbian OS", "Firefox OS", "Nokia Series 40"})
+                           "HeadlessChrome", "PhantomJS", "Apache-HttpClient", "Java",
+                           "okhttp", "Go-http-client"})
+_MOBILE_OSES = frozenset({"Windows Phone", "Windows Mobile", "Windows CE", "KaiOS",
+                          "BlackBerry OS", "Symbian OS", "Symbian^3", "Symbian^3 Anna",
+                          "Symbian^3 Belle", "Firefox OS", "Nokia Series 40",
+                          "Nokia Series 30 Plus", "Bada", "BREW", "Brew MP", "MeeGo", "Maemo",
+                          "Sailfish", "Ubuntu Touch", "Windows RT 8.1 Phone", "webOS"})
+# Neither phone, tablet nor computer: TVs and set-top boxes, consoles, watches, VR headsets,
+# cars, e-ink readers. ua-parser names most of them as device or OS families ...
+_OTHER_DEVICE_FAMILIES = frozenset({"HbbTV", "NetCast.TV", "NetCast.Media", "Inettv", "Roku",
+                                    "Chromecast", "GoogleTV", "AppleTV", "Apple Watch",
+                                    "Quest", "Xbox", "Nintendo", "PlayStation", "WebTV",
+                                    "Glass"})
+_OTHER_OSES = frozenset({"WatchOS", "ATV OS X", "tvOS", "Roku", "GoogleTV", "WebTV", "Web0S",
+                         "Chromecast Linux", "Chromecast Android", "Chromecast Fuchsia",
+                         "Chromecast SmartSpeaker", "FireHbbTV", "Android TV", "Tizen TV",
+                         "PlayStation", "Xbox", "Nintendo", "Kindle"})
+# ... and these tokens catch the rest: "SMART-TV" (Samsung), "HbbTV/1.x", "CrKey" (Chromecast),
+# "AppleTV", "Android TV"/"GoogleTV", "Web0S; Linux/SmartTV" (LG), "BRAVIA", "AFTB"/"AFTS"
+# (Fire TV sticks), "PlayStation"/"Xbox"/"Nintendo", "OculusBrowser"/"Quest" (VR),
+# "QtCarBrowser" (Tesla), "Kindle/3.0" (e-ink Kindle; Kindle Fire tablets say "Silk"),
+# "POV_TV-HDMI-210"/"Droid TV C2" (Android TV sticks), "Dreamcast", "Glass 1" (Google Glass).
+_OTHER_DEVICE_RE = re.compile(
+    r"smart-?tv|hbbtv|netcast|googletv|android ?tv|crkey|appletv|apple tv|\bweb0s|bravia|"
+    r"\baft[a-z]{1,3}\b|roku|playstation|xbox|nintendo|oculusbrowser|\bquest \d|qtcarbrowser|"
+    r"kindle/\d|\bwatch\d?,|watchos|\bdtv\b|\btv build\b|\bstb\b|tv-hdmi|droid tv|"
+    r"dreamcast|\bglass \d"
+)
+# Tablet evidence in the UA or in ua-parser's device family/model. Each alternative is
+# a token that only tablets send: "iPad"; "Tablet" (Firefox for Android tablets
+# "Android 13; Tablet; rv:125.0", "Pinterest for Android Tablet/...", "FBID/tablet" of
+# Facebook on iPad); Kindle Fire ("Silk/", models "KF..."); BlackBerry "PlayBook";
+# Samsung Galaxy Tab/Note tablets "GT-P...", "SM-T...", "SM-P...", "SM-X...",
+# "GT-N5100"/"GT-N8000"; Sony "SGP..."/"SGPT12" tablets; Huawei "MediaPad"; Asus "MeMO Pad",
+# "Transformer Pad/Prime"; Lenovo "TB-X505F"/"IdeaTab"/"Yoga Tab"; Google "Nexus 7/9/10",
+# "Pixel C", "Pixel Tablet"; Motorola "Xoom" ("MZ601"); "SmartPad"; the "MID" (Mobile
+# Internet Device) models of white-label tablets ("MID7036", "SC-71MID"); and model names
+# ending in "Tab" or "Tab 7" ("NetTAB", "LIFETAB_E10312", "FreeTAB 2096", "Lemon_Tab_LT29"),
+# or "Pad" ("OnePAD 725", "ViewPad 4", "CnM-TOUCHPAD 7", "MI PAD") — but not Coolpad's
+# phones ("Coolpad 7295"). Old tablets' browsers often sent "Mobile", so this goes first.
+_TABLET_RE = re.compile(
+    r"ipad|tablet|\bsilk/|\bkf[a-z]{2,4}\b|kindle fire|playbook|\bgt-p\d|\bsm-[tpx]\d|"
+    r"\bgt-n(?:51|80)\d|\bsgpt?\d|mediapad|memo ?pad|smartpad|\btb-?[x\d]\d|ideatab|"
+    r"yoga tab|nexus (?:7|9|10)\b|pixel (?:c|tablet)\b|\btransformer (?:pad|prime|tf)|"
+    r"\bxoom|\bmz60\d|\bmid ?\d|mid\b|galaxy tab|\btab ?\d|\w+tab\b|(?:^|[\s_-])tab(?:[\s_\d-]|$)|"
+    r"(?<!cool)pad(?:[\s_\d-]|\b)"
+)
+# Android in-app UAs that state the screen: Instagram "(33/13; 480dpi; 1080x2340; ...)",
+# Facebook's app UA "FBDM/{density=2.625,width=1080,height=2201}". Smallest width >= 600
+# dp is Android's own definition of a tablet (the "sw600dp" resource qualifier).
+_INSTAGRAM_SCREEN_RE = re.compile(r"; (\d{2,4})dpi; (\d{3,5})x(\d{3,5})")
+_FACEBOOK_SCREEN_RE = re.compile(r"fbdm/\{density=(\d+(?:\.\d+)?),width=(\d+),height=(\d+)")
+# A Macintosh UA is an iPad asking for the desktop site (iPadOS' default in Safari) when it
+# carries a token macOS browsers never send: the iOS browsers' "CriOS/", "FxiOS/",
+# "EdgiOS/", "OPiOS/", the Google app's "GSA/", or a WKWebView's "Mobile/15E148", e.g.
+# "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) ... Version/17.0 EdgiOS/124.0 Mobile/15E148
+# Safari/605.1.15". Plain desktop-mode Safari is identical to Mac Safari; producers can
+# tell those apart only with navigator.maxTouchPoints (context field max_touch_points).
+_IPAD_AS_MAC_RE = re.compile(r"crios/|fxios/|edgios/|opios/|\bgsa/|mobile/\w+|ipad")
+# Phones whose OS ua-parser reports as a desktop one or not at all: Windows CE/Mobile
+# ("MSIE 6.0; Windows CE; IEMobile 7.11"), J2ME feature phones ("Profile/MIDP-2.0
+# Configuration/CLDC-1.1"), WAP browsers ("UP.Browser/6.1", "Obigo", "NetFront").
+_PHONE_RE = re.compile(r"windows ce|iemobile|\bmidp|\bcldc|up\.browser|obigo|netfront|\bwap")
+_OTHER_DESKTOP_OSES = frozenset({"FreeBSD", "OpenBSD", "NetBSD", "BSD", "Solaris", "Mandriva"})
+_SAFARI_LIKE_RE = re.compile(r"safari/|firefox/|opera|presto/|\bversion/")
 # fmt: on
+
+#: (device, os, browser, app, in_app, is_bot) of one UA.
+UserAgentFeatures = tuple[str, str, str, str, str, str]
+_UNKNOWN_UA: UserAgentFeatures = (UNKNOWN,) * 6
 
 
 @lru_cache(maxsize=8192)
-def _classify_user_agent(ua: str) -> tuple[str, str, str, str, str]:
-    """Map one (truncated) UA string to (device, os, browser, in_app, is_bot).
+def _classify_user_agent(ua: str) -> UserAgentFeatures:
+    """Map one (truncated) UA string to (device, os, browser, app, in_app, is_bot).
 
-    Cached because parsing costs ~0.1 ms while a cache hit costs well under a
-    microsecond, and UA strings are heavily repeated across visits.
+    Cached because parsing costs tens of microseconds while a cache hit costs well
+    under one, and UA strings are heavily repeated across visits.
     """
     try:
         result = ua_parser.parse(ua)
     except Exception:  # e.g. the Rust backend rejects lone surrogates
-        return UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN
+        return _UNKNOWN_UA
     low = ua.lower()
     ua_family = result.user_agent.family if result.user_agent else ""
     os_family = result.os.family if result.os else ""
-    dev_family = result.device.family if result.device else ""
-    brand = (result.device.brand or "") if result.device else ""
+    device = result.device
+    dev_family = device.family if device else ""
+    model = f"{dev_family} {device.model or ''}".lower() if device else ""
 
-    browser = _BROWSERS.get(ua_family, "")
-    if browser not in ("instagram", "facebook", "tiktok"):
-        browser = next((b for token, b in _IN_APP_TOKENS if token in low), browser)
-    browser = browser or (OTHER if ua_family not in ("", "Other") else UNKNOWN)
-    in_app = browser in ("instagram", "facebook", "tiktok") or ua_family in _OTHER_IN_APP
-
-    os_name = _OSES.get(os_family) or (OTHER if os_family not in ("", "Other") else UNKNOWN)
-
+    app = next((name for token, name in _APPS if token in low), "")
+    in_app = bool(app) or ua_family in _OTHER_IN_APP or "; wv)" in low
+    browser = app or _BROWSERS.get(ua_family) or (OTHER if ua_family else UNKNOWN)
+    os_name = _OSES.get(os_family) or (OTHER if os_family else UNKNOWN)
+    if not os_family and ("fban/fb4a" in low or "fban/orca-android" in low):
+        os_name = "android"  # Facebook's Android app UA names no OS: "[FBAN/FB4A;...;FBSV/14;]"
     is_bot = (
         dev_family == "Spider"
         or ua_family in _BOT_FAMILIES
         or "bot" in ua_family.lower()
         or any(t in low for t in _BOT_TOKENS)
     )
-    device = "bot" if is_bot else _device_class(os_name, os_family, dev_family, brand, low)
-    return device, os_name, browser, YES if in_app else NO, YES if is_bot else NO
+    if is_bot:
+        device_class = "bot"
+    elif "macintosh" in low and _IPAD_AS_MAC_RE.search(low):
+        device_class, os_name = "tablet", "ios"
+    else:
+        device_class = _device_class(os_name, os_family, dev_family, model, low)
+    return (
+        device_class,
+        os_name,
+        browser,
+        app or (OTHER if in_app else "none"),
+        YES if in_app else NO,
+        YES if is_bot else NO,
+    )
 
 
-def _device_class(os_name: str, os_family: str, dev_family: str, brand: str, low: str) -> str:
-    """Tablet vs mobile vs desktop from ua-parser's OS and device answers.
+def _smallest_width_dp(low: str) -> float | None:
+    """The screen's smallest width in dp when an in-app UA states the screen."""
+    match = _INSTAGRAM_SCREEN_RE.search(low)
+    if match:
+        dpi, width, height = (float(g) for g in match.groups())
+        return min(width, height) * 160 / dpi if dpi else None
+    match = _FACEBOOK_SCREEN_RE.search(low)
+    if match:
+        density, width, height = (float(g) for g in match.groups())
+        return min(width, height) / density if density else None
+    return None
 
-    ua-parser reports devices, not form factors. Android phones advertise "Mobile" in
-    their UA and Android tablets do not (Google's documented convention), which is the
-    one token we check ourselves.
+
+def _device_class(os_name: str, os_family: str, dev_family: str, model: str, low: str) -> str:
+    """Form factor from ua-parser's OS and device answers plus the tokens they ignore.
+
+    ua-parser reports devices, not form factors, so the order below does the rest:
+    non-handheld devices, a screen size stated by the app, tablet tokens and models,
+    then Google's convention that Android phones' browsers send "Mobile" and tablets'
+    do not — which holds for browsers only: app UAs ("Dalvik/2.1.0 (Linux; U; Android
+    13; ...)", "Instagram 415.0 Android (...)", "WhatsApp/2.23 Android/13 ...") never
+    send "Mobile" whatever the device, so an Android app UA with no tablet evidence is
+    a phone (most Android devices are).
     """
-    fam, brand = dev_family.lower(), brand.lower()
-    android_tablet = os_name == "android" and "mobile" not in low
-    if fam == "ipad" or "tablet" in f"{fam} {brand} {os_family.lower()}" or android_tablet:
+    if (
+        dev_family in _OTHER_DEVICE_FAMILIES
+        or dev_family.startswith(("PlayStation", "Nintendo", "Xbox", "HbbTV"))
+        or os_family in _OTHER_OSES
+    ):
+        return OTHER
+    if _OTHER_DEVICE_RE.search(low):
+        return OTHER
+    width = _smallest_width_dp(low)
+    if width is not None:
+        return "tablet" if width >= 600 else "mobile"
+    tablet = dev_family == "iPad" or _TABLET_RE.search(model) or _TABLET_RE.search(low)
+    if tablet and "windows nt" not in low:  # "Tablet PC 2.0" in desktop IE's UA is no tablet
         return "tablet"
-    if os_name in ("ios", "android") or os_family in _MOBILE_OSES or "phone" in fam:
+    if (
+        dev_family in ("iPhone", "iPod")
+        or os_family in _MOBILE_OSES
+        or "phone" in model
+        or _PHONE_RE.search(low)
+    ):
         return "mobile"
-    if os_name in ("windows", "macos", "linux", "chromeos"):
+    if os_name == "android":
+        if "mobile" in low or not _SAFARI_LIKE_RE.search(low):
+            return "mobile"
+        return "tablet"
+    if os_name == "ios":
+        return "mobile"  # an iPad says "iPad" (above), an iPhone or iPod is the rest
+    # macOS apps: "Reader Notifier/5 CFNetwork/596.3.3 Darwin/12.3.0 (x86_64) (MacBookPro7,1)"
+    if model.startswith("mac") or "(macbook" in low or "(macmini" in low:
+        return "desktop"
+    if _device_known(dev_family):
+        return "mobile"  # a phone: ua-parser knows its maker and model, whatever its OS says
+    if os_name in ("windows", "macos", "linux", "chromeos") or dev_family == "Mac":
+        return "desktop"
+    if os_family in _OTHER_DESKTOP_OSES or "x11;" in low:
         return "desktop"
     return UNKNOWN
 
 
+def _device_known(dev_family: str) -> bool:
+    return bool(dev_family) and dev_family not in ("Other", "Generic Desktop")
+
+
 # --- traffic source -------------------------------------------------------------------
-
-_SOCIAL = frozenset({"instagram", "facebook", "tiktok", "twitter", "linkedin", "youtube"})
-
+#
+# Channels are GA4's default channel group, rule for rule and in its order
+# (https://support.google.com/analytics/answer/9756891, "[GA4] Default channel group").
+# GA4 classifies the session's source and medium: from the UTM tags when the landing
+# URL has them, else from the referrer (a search engine gives medium "organic", any
+# other site "referral"), else "(direct)" / "(none)". Google Ads' auto-tagging (gclid)
+# overrides manual UTM tags, as in GA4's default property settings.
 
 # fmt: off
-_SOURCE_ALIASES = _invert({
-    "instagram": "instagram ig insta", "facebook": "facebook fb meta messenger",
-    "tiktok": "tiktok tt", "google": "google adwords googleads gads",
-    "bing": "bing microsoft", "twitter": "twitter x", "linkedin": "linkedin li",
-    "youtube": "youtube yt", "direct": "direct (direct)",
-    "email": "email e_mail mail newsletter mailchimp klaviyo sendgrid braze brevo",
-})
-_MEDIUM_ALIASES = _invert({
-    "paid": "paid cpc ppc paidsocial paidsearch cpm cpv cpa display banner ads ad sponsored "
-            "retargeting",
-    "social": "social socialmedia sm influencer", "organic": "organic seo",
-    "email": "email e_mail mail newsletter edm", "referral": "referral ref",
-    "direct": "direct (none) none",
-})
-# Registrable domains (ccTLDs are folded to .com before a second lookup) and the package
-# names that android-app:// referrers carry instead of a host.
-_REFERRER_DOMAINS: dict[str, tuple[str, str]] = {
-    domain: source_medium
-    for source_medium, domains in {
-        ("instagram", "social"): "instagram.com com.instagram.android",
-        ("facebook", "social"): "facebook.com fb.com fb.me messenger.com com.facebook.katana",
-        ("tiktok", "social"): "tiktok.com com.zhiliaoapp.musically com.ss.android.ugc.trill",
-        ("twitter", "social"): "t.co twitter.com x.com com.twitter.android",
-        ("linkedin", "social"): "linkedin.com lnkd.in com.linkedin.android",
-        ("youtube", "social"): "youtube.com youtu.be com.google.android.youtube",
-        ("google", "organic"): "google.com com.google.android.googlequicksearchbox",
-        ("bing", "organic"): "bing.com",
-        ("email", "email"): "mail.google.com outlook.live.com outlook.office.com "
-                            "mail.yahoo.com com.google.android.gm",
-        (OTHER, "organic"): "duckduckgo.com yahoo.com yandex.com baidu.com ecosia.org "
-                            "naver.com search.brave.com",
-        (OTHER, "social"): "pinterest.com reddit.com snapchat.com threads.net whatsapp.com "
-                           "t.me vk.com",
+#: Source names, sites and android-app:// package names -> (source, GA4 site category).
+#: The categories stand in for GA4's lists of search, social, video and shopping sites;
+#: a host matches by its registrable domain (ccTLDs fold to .com: google.co.uk -> google).
+_SITES: dict[str, tuple[str, str]] = {
+    name: (source, category)
+    for (source, category), names in {
+        ("instagram", "social"): "instagram ig insta instagram.com com.instagram.android",
+        ("instagram", "shopping"): "igshopping",
+        ("facebook", "social"): "facebook fb meta messenger facebook.com fb.com fb.me m.me "
+                                "messenger.com com.facebook.katana com.facebook.orca "
+                                "com.facebook.lite",
+        ("tiktok", "social"): "tiktok tt tiktok.com com.zhiliaoapp.musically "
+                              "com.ss.android.ugc.trill",
+        ("twitter", "social"): "twitter x t.co twitter.com x.com com.twitter.android",
+        ("linkedin", "social"): "linkedin li linkedin.com lnkd.in com.linkedin.android",
+        ("pinterest", "social"): "pinterest pinterest.com pin.it com.pinterest",
+        ("snapchat", "social"): "snapchat snap snapchat.com com.snapchat.android",
+        ("youtube", "video"): "youtube yt youtube.com youtu.be com.google.android.youtube",
+        ("google", "search"): "google adwords googleads gads google.com "
+                              "com.google.android.googlequicksearchbox",
+        ("bing", "search"): "bing microsoft msn bing.com",
+        ("email", ""): "email e-mail e_mail newsletter mailchimp klaviyo sendgrid brevo "
+                       " mail.google.com outlook.live.com outlook.office.com "
+                       "outlook.office365.com mail.yahoo.com com.google.android.gm "
+                       "com.microsoft.office.outlook",
+        (OTHER, "search"): "duckduckgo yahoo yandex baidu ecosia naver duckduckgo.com "
+                           "yahoo.com yandex.com yandex.ru ya.ru baidu.com ecosia.org "
+                           "naver.com search.brave.com startpage.com qwant.com seznam.cz "
+                           "so.com sogou.com ask.com",
+        (OTHER, "social"): "reddit whatsapp telegram threads vk quora discord wechat line "
+                           "reddit.com threads.net whatsapp.com wa.me t.me "
+                           "vk.com quora.com discord.com tumblr.com mastodon.social "
+                           "bsky.app weibo.com com.reddit.frontpage com.whatsapp "
+                           "org.telegram.messenger com.tencent.mm jp.naver.line.android",
+        (OTHER, "video"): "vimeo twitch dailymotion vimeo.com twitch.tv dailymotion.com",
+        (OTHER, "shopping"): "amazon ebay etsy shopping amazon.com ebay.com etsy.com "
+                             "walmart.com aliexpress.com shopping.google.com",
+        ("direct", ""): "direct (direct)",
     }.items()
-    for domain in domains.split()
+    for name in names.split()
 }
+#: Click ids that ad platforms append to the landing URL -> (source, medium) they imply.
+#: fbclid is added by Meta to every outbound link, organic or paid, so it says where
+#: the visitor came from, not that the click was paid.
+_CLICK_IDS: dict[str, tuple[str, str]] = {
+    "gclid": ("google", "cpc"), "gbraid": ("google", "cpc"), "wbraid": ("google", "cpc"),
+    "msclkid": ("bing", "cpc"),  # Microsoft Advertising auto-tagging
+    "ttclid": ("tiktok", "cpc"), "twclid": ("twitter", "cpc"), "li_fat_id": ("linkedin", "cpc"),
+    "sccid": ("snapchat", "cpc"), "epik": ("pinterest", "cpc"),
+    "fbclid": ("facebook", "referral"),
+}
+_GOOGLE_CLICK_IDS = frozenset({"gclid", "gbraid", "wbraid"})  # these override UTM tags
+#: The coarse ``medium`` feature of each channel.
+_CHANNEL_MEDIUM = {
+    "direct": "direct", "referral": "referral", "email": "email", "organic_search": "organic",
+    "organic_social": "social", "organic_video": "social",
+} | dict.fromkeys(("cross_network", "paid_shopping", "paid_search", "paid_social",
+                   "paid_video", "display", "paid_other"), "paid")
 # fmt: on
+_PAID_MEDIUM_RE = re.compile(r"^(.*cp.*|ppc|retargeting|paid.*)$")
+_SHOP_CAMPAIGN_RE = re.compile(r"^(.*(([^a-df-z]|^)shop|shopping).*)$")
+_DISPLAY_MEDIA = frozenset({"display", "banner", "expandable", "interstitial", "cpm"})
+_SOCIAL_MEDIA = frozenset(
+    {"social", "social-network", "social-media", "sm", "social network", "social media"}
+)
+_EMAIL_NAMES = frozenset({"email", "e-mail", "e_mail", "e mail"})
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_")
-
-
-def _alias(text: str, aliases: Mapping[str, str]) -> str:
-    """Whole-value alias first, then the leading word (``facebook_ads`` -> facebook)."""
-    norm = text.lower().replace("-", "_").replace(" ", "_")
-    return aliases.get(norm) or aliases.get(norm.split("_", 1)[0]) or OTHER
+_TRACKED_PARAMS = frozenset({"utm_source", "utm_medium", "utm_campaign", *_CLICK_IDS})
 
 
 @lru_cache(maxsize=4096)
-def _classify_host(host: str) -> tuple[str, str]:
-    """(source, medium) for a referrer host; cached because hosts repeat a lot."""
+def _classify_host(host: str) -> tuple[str, str] | None:
+    """(source, category) of a referrer host or package name; None when unlisted.
+
+    Cached because hosts repeat a lot. Raises nothing; a malformed host is None too.
+    """
     if "." not in host or not set(host) <= _HOST_CHARS:
-        return UNKNOWN, UNKNOWN
+        return None
     labels = host.strip(".").split(".")
     if len(labels) >= 2 and len(labels[-1]) == 2:  # google.co.uk, google.de, google.com.co
         tail = 2 if len(labels) >= 3 and labels[-2] in ("co", "com", "org", "net") else 1
@@ -232,47 +439,162 @@ def _classify_host(host: str) -> tuple[str, str]:
         candidates = [labels]
     for parts in candidates:
         for i in range(len(parts) - 1):
-            hit = _REFERRER_DOMAINS.get(".".join(parts[i:]))
+            hit = _SITES.get(".".join(parts[i:]))
             if hit:
                 return hit
-    return "referral", "referral"
+    return None
 
 
-def _classify_traffic(ctx: Mapping[str, object]) -> tuple[str, str]:
-    """UTM tags win over the referrer, as in every analytics tool.
+@lru_cache(maxsize=4096)
+def _classify_source(value: str) -> tuple[str, str]:
+    """(source, category) of a utm_source value: a name ("ig", "facebook_ads") or a host."""
+    norm = value.lower()
+    hit = _SITES.get(norm) or _SITES.get(norm.replace("-", "_").replace(" ", "_"))
+    if hit is None and "." in norm:
+        hit = _classify_host(_host(norm))
+    if hit is None:  # the leading word: "facebook_ads", "google-cpc", "ig story"
+        first = norm.replace("-", "_").replace(" ", "_").replace(".", "_").split("_", 1)[0]
+        hit = _SITES.get(first)
+    return hit or (OTHER, "")
 
-    Only an empty referrer string (what ``document.referrer`` is for typed-in URLs and
-    bookmarks) means "direct"; a null or missing referrer means the producer did not
-    capture it, so the source is ``unknown`` as the visits schema documents.
+
+def channel(source: str, category: str, medium: str, campaign: str) -> str:
+    """GA4's default channel group of a session's source, medium and campaign name.
+
+    ``source`` is the raw source (utm_source, or the referrer's host), ``category`` its
+    site category ("search", "social", "video", "shopping" or ""), ``medium`` the raw
+    medium; all three compared case-insensitively, as GA4 does.
     """
-    utm_source, utm_medium = _text(ctx, "utm_source"), _text(ctx, "utm_medium")
-    if utm_source:
-        source = _classify_host(utm_source.lower())[0] if "." in utm_source else OTHER
-        if source in (OTHER, UNKNOWN, "referral"):
-            source = _alias(utm_source, _SOURCE_ALIASES)
-        fallback_medium = "social" if source in _SOCIAL else OTHER
-        fallback_medium = source if source in ("email", "direct") else fallback_medium
-    elif utm_source is None:
-        source = fallback_medium = UNKNOWN
-    else:
-        value = _get(ctx, "referrer")
-        referrer = value[:_TEXT_MAX_CHARS].strip() if isinstance(value, str) else None
-        if referrer is None:
-            source = fallback_medium = UNKNOWN
-        elif not referrer:
-            source = fallback_medium = "direct"
-        else:
-            source, fallback_medium = _classify_host(_host(referrer))
-    if utm_medium:
-        return source, _alias(utm_medium, _MEDIUM_ALIASES)
-    return source, UNKNOWN if utm_medium is None else fallback_medium
+    source, medium, campaign = source.lower(), medium.lower(), campaign.lower()
+    paid = bool(_PAID_MEDIUM_RE.match(medium))
+    shopping = category == "shopping" or bool(_SHOP_CAMPAIGN_RE.match(campaign))
+    if source == "(direct)" and medium in ("(none)", "(not set)", ""):
+        return "direct"
+    if "cross-network" in campaign:
+        return "cross_network"
+    if paid:
+        if shopping:
+            return "paid_shopping"
+        if category in ("search", "social", "video"):
+            return f"paid_{category}"
+    if medium in _DISPLAY_MEDIA:
+        return "display"
+    if paid:
+        return "paid_other"
+    if shopping:
+        return "organic_shopping"
+    if category == "social" or medium in _SOCIAL_MEDIA:
+        return "organic_social"
+    if category == "video" or "video" in medium:
+        return "organic_video"
+    if category == "search" or medium == "organic":
+        return "organic_search"
+    if medium in ("referral", "app", "link"):
+        return "referral"
+    if source in _EMAIL_NAMES or medium in _EMAIL_NAMES:
+        return "email"
+    if medium == "affiliate":
+        return "affiliates"
+    if medium == "audio":
+        return "audio"
+    if source == "sms" or medium == "sms":
+        return "sms"
+    if medium.endswith("push") or "mobile" in medium or "notification" in medium:
+        return "mobile_push"
+    if source == "firebase":
+        return "mobile_push"
+    return "unassigned"
+
+
+def _landing_params(ctx: Mapping[str, object]) -> dict[str, str]:
+    """The UTM tags and click ids of the landing URL's query (lower-cased names)."""
+    url = _text(ctx, "landing_url")
+    if not url or "?" not in url:
+        return {}
+    try:
+        pairs = parse_qsl(urlsplit(url).query, keep_blank_values=False)
+    except ValueError:
+        return {}
+    params: dict[str, str] = {}
+    for key, value in pairs:
+        name = key.lower()
+        if name in _TRACKED_PARAMS and name not in params:
+            params[name] = value.strip()[:_TEXT_MAX_CHARS]
+    return params
+
+
+def _classify_traffic(ctx: Mapping[str, object]) -> tuple[str, str, str]:
+    """(source, medium, channel) of a visit.
+
+    Precedence, as in GA4: Google's click ids, then UTM tags (the context's utm_* fields,
+    else those of ``landing_url``), then other click ids, then the referrer. Only an
+    empty referrer string (what ``document.referrer`` is for typed-in URLs, bookmarks
+    and apps that send none) means "direct"; a null or missing referrer means the
+    producer did not capture it, so the visit's source is ``unknown`` as the visits
+    schema documents, unless tags or click ids say where it came from.
+    """
+    params = _landing_params(ctx)
+    utm_source, utm_medium, campaign = (
+        _text(ctx, name) if _get(ctx, name) is not None else params.get(name, "")
+        for name in ("utm_source", "utm_medium", "utm_campaign")
+    )
+    click = next((name for name in _CLICK_IDS if params.get(name)), None)
+    if click in _GOOGLE_CLICK_IDS or (click and not (utm_source or utm_medium)):
+        source, medium = _CLICK_IDS[click]
+        name, category = _classify_source(source)
+        if click == "fbclid":  # Meta's click id: Instagram's or Facebook's, the referrer says
+            referred = _classify_host(_host(_text(ctx, "referrer") or ""))
+            name = referred[0] if referred and referred[1] == "social" else name
+        return name, *_medium_and_channel(source, category, medium, campaign or "")
+    if utm_source is None or utm_medium is None:  # a tag of the wrong type
+        name = UNKNOWN if utm_source is None else _classify_source(utm_source)[0]
+        return name, UNKNOWN, UNKNOWN
+    if utm_source or utm_medium:
+        name, category = _classify_source(utm_source) if utm_source else ("", "")
+        name = name or _referrer_source(ctx)[0]
+        if name == "direct" and utm_source.lower() not in ("direct", "(direct)"):
+            name = OTHER
+        raw_source = "(direct)" if name == "direct" else utm_source
+        if name == "email":
+            raw_source = "email"  # newsletter tools' names: GA4's "source = email" rule
+        return name, *_medium_and_channel(raw_source, category, utm_medium, campaign or "")
+    name, raw_source, category = _referrer_source(ctx)
+    if name in (UNKNOWN, "direct"):
+        return name, name, name
+    # GA4 gives a search engine's visits medium "organic" and other sites' "referral"; a
+    # webmail host is a link in an email, so here its medium is "email" (GA4: referral).
+    medium = {"search": "organic"}.get(category, "email" if name == "email" else "referral")
+    return name, *_medium_and_channel(raw_source, category, medium, campaign or "")
+
+
+def _medium_and_channel(source: str, category: str, medium: str, campaign: str) -> tuple[str, str]:
+    group = channel(source, category, medium, campaign)
+    return _CHANNEL_MEDIUM.get(group, OTHER), group
+
+
+def _referrer_source(ctx: Mapping[str, object]) -> tuple[str, str, str]:
+    """(source, raw source, category) from the referrer; ``direct`` for an empty one."""
+    value = _get(ctx, "referrer")
+    referrer = value[:_TEXT_MAX_CHARS].strip() if isinstance(value, str) else None
+    if referrer is None:
+        return UNKNOWN, "", ""
+    if not referrer:
+        return "direct", "(direct)", ""
+    host = _host(referrer)
+    if "." not in host or not set(host) <= _HOST_CHARS:
+        return UNKNOWN, "", ""
+    hit = _classify_host(host)
+    if hit is None:
+        return "referral", host, ""
+    name, category = hit
+    return name, ("email" if name == "email" else host), category
 
 
 def _host(url: str) -> str:
     if "://" not in url and not url.startswith("//"):
         url = "//" + url  # bare "www.google.com/search"
     try:
-        return urlsplit(url).hostname or ""
+        return (urlsplit(url).hostname or "").lower()
     except ValueError:  # e.g. an unbalanced "[" in the netloc
         return ""
 
@@ -376,10 +698,13 @@ def extract_context(
         return dict(_ALL_UNKNOWN)
     ua = _text(raw, "user_agent")
     if ua:
-        device, os_name, browser, in_app, is_bot = _classify_user_agent(ua[:_UA_MAX_CHARS])
+        device, os_name, browser, app, in_app, is_bot = _classify_user_agent(ua[:_UA_MAX_CHARS])
     else:
-        device = os_name = browser = in_app = is_bot = UNKNOWN
-    source, medium = _classify_traffic(raw)
+        device, os_name, browser, app, in_app, is_bot = _UNKNOWN_UA
+    touch_points = _integer(_get(raw, "max_touch_points"), 0, 1_000)
+    if device == "desktop" and os_name == "macos" and (touch_points or 0) > 1:
+        device, os_name = "tablet", "ios"  # an iPad asking for the desktop site (Macs say 0)
+    source, medium, channel_group = _classify_traffic(raw)
     campaign = _text(raw, "utm_campaign")
     hour, weekday = _local_time(raw, occurred_at)
     session = _get(raw, "session")
@@ -400,10 +725,12 @@ def extract_context(
         "device": device,
         "os": os_name,
         "browser": browser,
+        "app": app,
         "in_app": in_app,
         "is_bot": is_bot,
         "source": source,
         "medium": medium,
+        "channel": channel_group,
         "campaign_present": UNKNOWN if campaign is None else YES if campaign else NO,
         "country": _country(_text(raw, "country")),
         "language": _language(_text(raw, "language")),

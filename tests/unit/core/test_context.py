@@ -6,8 +6,10 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -93,29 +95,56 @@ CHROMEBOOK = (
 )
 UBUNTU_FIREFOX = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
 
-# name -> (ua, device, os, browser, in_app, is_bot)
+# name -> (ua, device, os, browser, app, in_app, is_bot)
 USER_AGENTS = {
-    "iphone-safari": (IPHONE_SAFARI, "mobile", "ios", "safari", "no", "no"),
-    "android-chrome": (ANDROID_CHROME, "mobile", "android", "chrome", "no", "no"),
-    "instagram-ios": (INSTAGRAM_IOS, "mobile", "ios", "instagram", "yes", "no"),
-    "instagram-android": (INSTAGRAM_ANDROID, "mobile", "android", "instagram", "yes", "no"),
-    "facebook-fban-ios": (FACEBOOK_IOS, "mobile", "ios", "facebook", "yes", "no"),
-    "facebook-android": (FACEBOOK_ANDROID, "mobile", "android", "facebook", "yes", "no"),
-    "tiktok-ios": (TIKTOK_IOS, "mobile", "ios", "tiktok", "yes", "no"),
-    "tiktok-android": (TIKTOK_ANDROID, "mobile", "android", "tiktok", "yes", "no"),
-    "windows-edge": (WINDOWS_EDGE, "desktop", "windows", "edge", "no", "no"),
-    "macos-firefox": (MACOS_FIREFOX, "desktop", "macos", "firefox", "no", "no"),
-    "ipad": (IPAD_SAFARI, "tablet", "ios", "safari", "no", "no"),
-    "googlebot": (GOOGLEBOT, "bot", UNKNOWN, OTHER, "no", "yes"),
-    "googlebot-smartphone": (GOOGLEBOT_SMARTPHONE, "bot", "android", OTHER, "no", "yes"),
-    "samsung-internet": (SAMSUNG_INTERNET, "mobile", "android", "samsung", "no", "no"),
-    "android-tablet": (ANDROID_TABLET, "tablet", "android", "chrome", "no", "no"),
-    "chromebook": (CHROMEBOOK, "desktop", "chromeos", "chrome", "no", "no"),
-    "ubuntu-firefox": (UBUNTU_FIREFOX, "desktop", "linux", "firefox", "no", "no"),
-    "curl": ("curl/8.4.0", "bot", UNKNOWN, OTHER, "no", "yes"),
-    "unparseable": ("definitely not a browser", UNKNOWN, UNKNOWN, UNKNOWN, "no", "no"),
+    "iphone-safari": (IPHONE_SAFARI, "mobile", "ios", "safari", "none", "no", "no"),
+    "android-chrome": (ANDROID_CHROME, "mobile", "android", "chrome", "none", "no", "no"),
+    "instagram-ios": (INSTAGRAM_IOS, "mobile", "ios", "instagram", "instagram", "yes", "no"),
+    "instagram-android": (
+        INSTAGRAM_ANDROID,
+        "mobile",
+        "android",
+        "instagram",
+        "instagram",
+        "yes",
+        "no",
+    ),
+    "facebook-fban-ios": (FACEBOOK_IOS, "mobile", "ios", "facebook", "facebook", "yes", "no"),
+    "facebook-android": (
+        FACEBOOK_ANDROID,
+        "mobile",
+        "android",
+        "facebook",
+        "facebook",
+        "yes",
+        "no",
+    ),
+    "tiktok-ios": (TIKTOK_IOS, "mobile", "ios", "tiktok", "tiktok", "yes", "no"),
+    "tiktok-android": (TIKTOK_ANDROID, "mobile", "android", "tiktok", "tiktok", "yes", "no"),
+    "windows-edge": (WINDOWS_EDGE, "desktop", "windows", "edge", "none", "no", "no"),
+    "macos-firefox": (MACOS_FIREFOX, "desktop", "macos", "firefox", "none", "no", "no"),
+    "ipad": (IPAD_SAFARI, "tablet", "ios", "safari", "none", "no", "no"),
+    "googlebot": (GOOGLEBOT, "bot", UNKNOWN, OTHER, "none", "no", "yes"),
+    "googlebot-smartphone": (GOOGLEBOT_SMARTPHONE, "bot", "android", OTHER, "none", "no", "yes"),
+    "samsung-internet": (SAMSUNG_INTERNET, "mobile", "android", "samsung", "none", "no", "no"),
+    "android-tablet": (ANDROID_TABLET, "tablet", "android", "chrome", "none", "no", "no"),
+    "chromebook": (CHROMEBOOK, "desktop", "chromeos", "chrome", "none", "no", "no"),
+    "ubuntu-firefox": (UBUNTU_FIREFOX, "desktop", "linux", "firefox", "none", "no", "no"),
+    "curl": ("curl/8.4.0", "bot", UNKNOWN, OTHER, "none", "no", "yes"),
+    "unparseable": ("definitely not a browser", UNKNOWN, UNKNOWN, UNKNOWN, "none", "no", "no"),
 }
-UA_FEATURES = ("device", "os", "browser", "in_app", "is_bot")
+#: name -> (ua, device, os, browser, app, in_app, is_bot): in-app browsers, iPads in desktop
+#: mode, crawlers on phone UAs, TVs and consoles (tests/data/user_agents_hard.yaml).
+HARD_USER_AGENTS = {
+    case["name"]: (
+        case["user_agent"], case["device"], case["os"], case["browser"], case["app"],
+        case["in_app"], case["is_bot"],
+    )
+    for case in yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "data" / "user_agents_hard.yaml").read_text()
+    )["cases"]
+}  # fmt: skip
+UA_FEATURES = ("device", "os", "browser", "app", "in_app", "is_bot")
 LANGUAGE_RE = re.compile(r"[a-z]{2,3}")
 FRIDAY = datetime(2024, 6, 7, 12, 0, tzinfo=UTC)
 
@@ -174,17 +203,46 @@ def test_the_result_is_a_fresh_dict_each_time() -> None:
 
 
 @pytest.mark.parametrize(("ua", *UA_FEATURES), USER_AGENTS.values(), ids=USER_AGENTS.keys())
-def test_user_agents(ua: str, device: str, os: str, browser: str, in_app: str, is_bot: str) -> None:
-    assert ua_features(ua) == (device, os, browser, in_app, is_bot)
+def test_user_agents(
+    ua: str, device: str, os: str, browser: str, app: str, in_app: str, is_bot: str
+) -> None:
+    assert ua_features(ua) == (device, os, browser, app, in_app, is_bot)
+
+
+@pytest.mark.parametrize(
+    ("ua", *UA_FEATURES), HARD_USER_AGENTS.values(), ids=HARD_USER_AGENTS.keys()
+)
+def test_hard_user_agents(
+    ua: str, device: str, os: str, browser: str, app: str, in_app: str, is_bot: str
+) -> None:
+    assert ua_features(ua) == (device, os, browser, app, in_app, is_bot)
+
+
+@pytest.mark.parametrize(
+    ("touch_points", "device", "os"),
+    [(5, "tablet", "ios"), (0, "desktop", "macos"), (1, "desktop", "macos"),
+     (None, "desktop", "macos"), ("5", "desktop", "macos"), (True, "desktop", "macos")],
+)  # fmt: skip
+def test_an_ipad_asking_for_the_desktop_site_is_told_by_its_touch_points(
+    touch_points: object, device: str, os: str
+) -> None:
+    mac_safari = HARD_USER_AGENTS["mac-safari"][0]
+    features = extract_context({"user_agent": mac_safari, "max_touch_points": touch_points})
+    assert (features["device"], features["os"]) == (device, os)
+
+
+def test_touch_points_do_not_turn_a_windows_laptop_into_a_tablet() -> None:
+    features = extract_context({"user_agent": WINDOWS_EDGE, "max_touch_points": 10})
+    assert features["device"] == "desktop"
 
 
 @pytest.mark.parametrize("ua", [None, "", "   ", 42, ["Mozilla"], {"ua": "x"}, b"Mozilla/5.0"])
 def test_missing_or_non_string_user_agent_is_unknown(ua: object) -> None:
-    assert ua_features(ua) == (UNKNOWN,) * 5
+    assert ua_features(ua) == (UNKNOWN,) * 6
 
 
 def test_user_agent_that_the_parser_rejects_is_unknown() -> None:
-    assert ua_features("Mozilla/5.0 \ud800 (iPhone)") == (UNKNOWN,) * 5
+    assert ua_features("Mozilla/5.0 \ud800 (iPhone)") == (UNKNOWN,) * 6
 
 
 def test_huge_user_agent_is_truncated_not_rejected() -> None:
@@ -251,16 +309,17 @@ def test_referrer_without_utm(referrer: object, source: str, medium: str) -> Non
         ("tiktok", "cpm", "tiktok", "paid"),
         ("google", "cpc", "google", "paid"),
         ("google", "organic", "google", "organic"),
-        ("google", None, "google", OTHER),
+        ("google", None, "google", "organic"),  # GA4: a search site is organic search
         ("bing", "ppc", "bing", "paid"),
         ("x", "social", "twitter", "social"),
-        ("l.instagram.com", "referral", "instagram", "referral"),
+        ("l.instagram.com", "referral", "instagram", "social"),  # GA4: social site first
         ("Newsletter", None, "email", "email"),
         ("klaviyo", "email", "email", "email"),
-        ("linkedin", "sponsored", "linkedin", "paid"),
-        ("youtube", "video", "youtube", OTHER),
+        ("linkedin", "sponsored", "linkedin", "social"),  # not GA4's paid medium pattern
+        ("linkedin", "paid_social", "linkedin", "paid"),
+        ("youtube", "video", "youtube", "social"),  # GA4: organic video
         ("partner-site", "affiliate", OTHER, OTHER),
-        (42, "cpc", UNKNOWN, "paid"),
+        (42, "cpc", UNKNOWN, UNKNOWN),  # a tag of the wrong type: nothing can be trusted
         (None, "email", "twitter", "email"),  # source from the referrer, medium from UTM
         ("", "", "twitter", "social"),  # blank UTM tags are ignored
         ("instagram", ["cpc"], "instagram", UNKNOWN),
@@ -478,8 +537,9 @@ def test_a_full_instagram_visit() -> None:
         "extra_field": {"ignored": True},
     }
     assert extract_context(raw, datetime(2024, 6, 8, 17, 30, tzinfo=UTC)) == {
-        "device": "mobile", "os": "ios", "browser": "instagram", "in_app": "yes",
-        "is_bot": "no", "source": "instagram", "medium": "social", "campaign_present": "yes",
+        "device": "mobile", "os": "ios", "browser": "instagram", "app": "instagram",
+        "in_app": "yes", "is_bot": "no", "source": "instagram", "medium": "social",
+        "channel": "organic_social", "campaign_present": "yes",
         "country": "FR", "language": "fr", "hour_bucket": "evening", "weekday": "weekend",
         "pages_bucket": "1", "time_bucket": "<10s", "visitor_type": "new", "screen": "small",
     }  # fmt: skip
