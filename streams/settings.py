@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,7 +25,10 @@ def _project_root() -> Path:
 class Settings(BaseSettings):
     """Configuration of workers, CLI, local services, demo and benchmarks."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a refused value may be a secret (DATABASE_URL, KAFKA_SASL_PASSWORD)
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     # --- where the real services are; unset means "the project's own local services" ---
     kafka_bootstrap_servers: str | None = Field(
@@ -99,6 +102,32 @@ class Settings(BaseSettings):
     max_future_skew_s: float = Field(
         default=300.0, ge=0, validation_alias="BANDIT_MAX_FUTURE_SKEW_S"
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_well_formed(cls, value: SecretStr | None) -> SecretStr | None:
+        """Refuse a URL that drivers would misread, before they echo a piece of the password.
+
+        An unencoded `#`, `/`, `?` or `@` in the password moves the rest of it into the host,
+        port, path or fragment, and asyncpg's error then quotes it.
+        """
+        dsn = "" if value is None else value.get_secret_value()
+        if "://" not in dsn:
+            return value  # unset, or libpq's keyword form
+        parts = urlsplit(dsn)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            well_formed = False
+        else:
+            well_formed = not parts.fragment and "@" not in parts.path + parts.query
+        if not well_formed:
+            msg = (
+                "DATABASE_URL is not a well-formed URL; percent-encode special characters in the "
+                "user name and password (# as %23, / as %2F, ? as %3F, @ as %40, : as %3A)"
+            )
+            raise ValueError(msg)
+        return value
 
     @model_validator(mode="after")
     def _kafka_security_is_complete(self) -> Self:

@@ -185,9 +185,31 @@ def _run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("action", ["migrate", "status"])
-def test_a_database_error_does_not_show_the_password(action: str) -> None:
-    dsn = f"postgresql://bandit:{SECRET}@127.0.0.1:1/bandit"  # nothing listens on port 1
+# Nothing listens on port 1. The others have an unencoded character in the password, which
+# would move part of it into the port, path or fragment (asyncpg then quotes it in its error).
+DSNS = [
+    f"postgresql://bandit:{SECRET}@127.0.0.1:1/bandit",
+    f"postgresql://bandit:ab#{SECRET}@127.0.0.1:1/bandit",
+    f"postgresql://bandit:{SECRET}/x@127.0.0.1:1/bandit",
+    f"postgresql://bandit:x?{SECRET}@127.0.0.1:1/bandit",
+    f"postgresql://bandit:{SECRET}@127.0.0.1:notaport/bandit",
+]
+
+
+@pytest.mark.parametrize("dsn", DSNS[1:])
+def test_a_malformed_database_url_is_refused_without_showing_it(dsn: str) -> None:
+    with pytest.raises(ValueError, match="percent-encode") as refused:
+        Settings(DATABASE_URL=dsn)
+    assert SECRET not in str(refused.value)
+
+
+def test_a_percent_encoded_password_is_accepted() -> None:
+    dsn = "postgresql://bandit:a%23b%2Fc%3Fd%40e@db:5432/bandit"
+    assert Settings(DATABASE_URL=dsn).database_dsn == dsn
+
+
+@pytest.mark.parametrize(("action", "dsn"), [("status", DSNS[0]), *(("migrate", d) for d in DSNS)])
+def test_a_database_error_does_not_show_the_password(action: str, dsn: str) -> None:
     done = _run_cli("db", action, DATABASE_URL=dsn)
     assert done.returncode != 0
     assert SECRET not in done.stdout + done.stderr
