@@ -45,7 +45,7 @@ class Pipeline:
             "BANDIT_TOPIC_PREFIX": s.topic_prefix,
             "BANDIT_APP_ID": s.app_id,
             "BANDIT_PARTITIONS": str(s.partitions),
-            "BANDIT_WEIGHTS_MIN_INTERVAL_S": "0.2",
+            "BANDIT_WEIGHTS_INTERVAL_S": "0.2",
             "BANDIT_WEIGHTS_MIN_CHANGE": "0",
             "BANDIT_LOG_LEVEL": "info",
         }
@@ -185,6 +185,28 @@ def synthetic_exposures(
             "occurred_at": format_timestamp(start + timedelta(milliseconds=i)),
         }
         for i in range(n)
+    ]
+
+
+def decisions_for(exposures: list[dict[str, Any]], variants: int = 3) -> list[dict[str, Any]]:
+    """The decisions of record these exposures show (uniform draws, as before any weights)."""
+    return [
+        {
+            "decision_id": e["decision_id"],
+            "event_id": f"visit-{e['decision_id']}",
+            "experiment_id": e["experiment_id"],
+            "visitor_id": e["visitor_id"],
+            "variant_id": e["variant_id"],
+            "segment_key": e["segment_key"],
+            "propensity": 1 / variants,
+            "source": "uniform",
+            "weights_version": 0,
+            "decided_at": format_timestamp(
+                datetime.fromisoformat(e["occurred_at"].replace("Z", "+00:00"))
+                - timedelta(milliseconds=1)
+            ),
+        }
+        for e in exposures
     ]
 
 

@@ -14,6 +14,7 @@ from tests.integration.pipeline import (
     Pipeline,
     conversions_for,
     create_experiment,
+    decisions_for,
     prepare,
     produce_docs,
     synthetic_exposures,
@@ -64,8 +65,10 @@ async def test_restart_mid_stream_leaves_counts_exact(pipeline: Pipeline, stop: 
     await create_experiment(pipeline, "exact")
     exposures = synthetic_exposures("exact", SEGMENTS, ["a", "b", "c"], 6000, seed=7)
     converted = exposures[::10]
+    # exposures and conversions first: they wait for their decisions, which come last
     await produce_docs(pipeline, "exposures", exposures)
     await produce_docs(pipeline, "conversions", conversions_for(converted))
+    await produce_docs(pipeline, "decisions", decisions_for(exposures))
     expected: dict[tuple[str, str], list[int]] = {}
     for e in exposures:
         expected.setdefault((e["segment_key"], e["variant_id"]), [0, 0])[0] += 1

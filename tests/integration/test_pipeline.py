@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -15,6 +16,7 @@ from tests.integration.pipeline import (
     Pipeline,
     conversions_for,
     create_experiment,
+    decisions_for,
     exposure,
     prepare,
     produce,
@@ -105,6 +107,7 @@ async def test_conversions_move_their_segment_and_sticky_visitors_keep_their_var
     try:
         await asyncio.to_thread(worker.wait_http_ready)
         exposures = synthetic_exposures("learn", [mobile, desktop], ["a", "b", "c"], 600, seed=3)
+        await produce_docs(pipeline, "decisions", decisions_for(exposures))
         await produce_docs(pipeline, "exposures", exposures)
 
         def latest(docs: list[dict], segment: str) -> dict | None:
@@ -133,24 +136,35 @@ async def test_conversions_move_their_segment_and_sticky_visitors_keep_their_var
             lambda d: (latest(d, mobile) or {}).get("conversions", {}).get("b") == 60,
         )
 
-        # a sticky visitor: shown "c" (whatever was decided), comes back, keeps "c"
+        # a sticky visitor: shown what was decided, comes back, keeps it
         first = visit("learn", "sticky-visitor", ua=DESKTOP_CHROME, utm_source="google")
         await produce_docs(pipeline, "visits", [first])
-        decided = await read(pipeline, "decisions", lambda d: len(d) >= 1)
-        await produce_docs(pipeline, "exposures", [exposure(decided[0], variant="c")])
+
+        def answers(visit_doc: dict) -> Callable[[list[dict]], bool]:
+            return lambda docs: any(d["event_id"] == visit_doc["event_id"] for d in docs)
+
+        decided = [
+            d
+            for d in await read(pipeline, "decisions", answers(first))
+            if d["event_id"] == first["event_id"]
+        ]
+        await produce_docs(pipeline, "exposures", [exposure(decided[0])])
         await asyncio.sleep(1.5)
         again = visit("learn", "sticky-visitor", ua=DESKTOP_CHROME, utm_source="google")
         await produce_docs(pipeline, "visits", [again])
-        decisions = await read(pipeline, "decisions", lambda d: len(d) >= 2)
+        decisions = await read(pipeline, "decisions", answers(again))
     finally:
         assert worker.stop() == 0
     mobile_after = latest(after, mobile)
     assert mobile_after is not None
     assert max(mobile_after["weights"], key=mobile_after["weights"].get) == "b"
     assert mobile_after["weights"]["b"] > 0.9, "60 conversions of 100 vs none: b is best"
-    assert latest(after, desktop) == desktop_before, "desktop's weights did not move"
+    desktop_after = latest(after, desktop)
+    assert desktop_after is not None and desktop_after["version"] > desktop_before["version"]
+    assert desktop_after["conversions"] == desktop_before["conversions"], "desktop's counts kept"
     second = next(d for d in decisions if d["event_id"] == again["event_id"])
-    assert (second["variant_id"], second["source"], second["propensity"]) == ("c", "sticky", 1.0)
+    shown = decided[0]["variant_id"]
+    assert (second["variant_id"], second["source"], second["propensity"]) == (shown, "sticky", 1.0)
 
 
 async def test_two_workers_split_partitions_and_each_replicates_every_allocation(
@@ -174,24 +188,32 @@ async def test_two_workers_split_partitions_and_each_replicates_every_allocation
             300,
             seed=5,
         )
+        await produce_docs(pipeline, "decisions", decisions_for(exposures))
         await produce_docs(pipeline, "exposures", exposures)
         allocations = await read(pipeline, "allocations", lambda d: len(d) >= 3)
-        await asyncio.sleep(2)
-        seen = [
-            _metric(w.web_port, 'bandit_replica_updates_total{replica="allocations"}')
-            for w in workers
-        ]
-        logs = [w.log_text() for w in workers]
+        decided = [_metric(w.web_port, 'bandit_events_in_total{topic="visits"}') for w in workers]
+        # the publisher goes on (heartbeats): compare each replica with the topic at one time,
+        # polling until both caught up with what the topic held when they were read
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while True:
+            published = len(await read(pipeline, "allocations", lambda d: False, timeout=1))
+            seen = [
+                _metric(w.web_port, 'bandit_replica_updates_total{replica="allocations"}')
+                for w in workers
+            ]
+            if all(n >= published for n in seen) or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.5)
     finally:
         codes = [w.stop() for w in workers]
     assert codes == [0, 0]
     assert sorted(d["event_id"] for d in decisions) == sorted(v["event_id"] for v in visits), (
         "exactly one decision per visit from the pair"
     )
-    assert all("decide" in log for log in logs)
-    published = len(await read(pipeline, "allocations", lambda d: False, timeout=2))
+    assert sum(decided) == 400 and min(decided) > 0, f"both workers decided visits: {decided}"
     assert published >= len(allocations) > 0
-    assert seen == [published, published], "each worker applied every allocation record"
+    assert min(seen) >= published, f"each worker applied every allocation record: {seen}"
 
 
 def _metric(port: int, name: str) -> float:
