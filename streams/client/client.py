@@ -27,7 +27,7 @@ from streams.client.replicas import Replicas, replicate_forever
 from streams.contracts import RejectReason
 from streams.pipeline.events import Limits
 from streams.settings import Settings, get_settings
-from streams.topics import ALLOCATIONS, DECISIONS, EXPERIMENTS, topic_name
+from streams.topics import DECISIONS, topic_name
 
 VisitInput = Mapping[str, Any] | bytes
 """A visit (schemas/visits.schema.json) as a mapping, or as the JSON bytes of one."""
@@ -63,7 +63,7 @@ class DecisionClient:
         )
         self.publisher = (
             DecisionPublisher(
-                self.settings.bootstrap_servers,
+                self.settings,
                 topic_name(self.settings, DECISIONS),
                 linger_ms=linger_ms,
                 max_pending=max_pending,
@@ -92,15 +92,8 @@ class DecisionClient:
         """Start following the compacted topics (and the publisher); see `ready`."""
         if self.publisher is not None:
             await self.publisher.start()
-        s = self.settings
         self._replica_task = asyncio.create_task(
-            replicate_forever(
-                s.bootstrap_servers,
-                topic_name(s, EXPERIMENTS),
-                topic_name(s, ALLOCATIONS),
-                self.replicas,
-            ),
-            name="decision-client-replicas",
+            replicate_forever(self.settings, self.replicas), name="decision-client-replicas"
         )
         if self.service_url is not None:
             import aiohttp

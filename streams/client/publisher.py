@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
+
+from streams.client import kafka
+from streams.settings import Settings
 
 log = logging.getLogger("bandit_stream.client")
 
@@ -35,7 +37,7 @@ class DecisionPublisher:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        settings: Settings,
         topic: str,
         *,
         linger_ms: int = 5,
@@ -44,8 +46,8 @@ class DecisionPublisher:
         self.topic = topic
         self.max_pending = max_pending
         self.stats = PublisherStats()
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
+        self._producer = kafka.producer(
+            settings,
             acks="all",
             linger_ms=linger_ms,
             max_batch_size=256 * 1024,

@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.client import kafka
 from streams.contracts import validate
 from streams.errors import ExperimentError
 from streams.experiments import ExperimentRegistry
 from streams.pipeline.replica import WeightsReplica
+from streams.settings import Settings
+from streams.topics import ALLOCATIONS, EXPERIMENTS, topic_name
 
 log = logging.getLogger("bandit_stream.replicas")
 
@@ -67,18 +70,12 @@ def apply_allocation(weights: WeightsReplica, value: bytes | None) -> bool:
 
 
 async def replicate_forever(
-    bootstrap_servers: str,
-    experiments_topic: str,
-    allocations_topic: str,
-    replicas: Replicas,
-    on_update: OnUpdate | None = None,
+    settings: Settings, replicas: Replicas, on_update: OnUpdate | None = None
 ) -> None:
     """Replicate until cancelled; restart the consumer after any error (never raise)."""
     while True:
         try:
-            await replicate(
-                bootstrap_servers, experiments_topic, allocations_topic, replicas, on_update
-            )
+            await replicate(settings, replicas, on_update)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -87,15 +84,13 @@ async def replicate_forever(
 
 
 async def replicate(
-    bootstrap_servers: str,
-    experiments_topic: str,
-    allocations_topic: str,
-    replicas: Replicas,
-    on_update: OnUpdate | None = None,
+    settings: Settings, replicas: Replicas, on_update: OnUpdate | None = None
 ) -> None:
-    """One consumer session over both topics, from their beginning, until cancelled."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+    """One consumer session over both topics (of `settings`), from their beginning."""
+    experiments_topic = topic_name(settings, EXPERIMENTS)
+    allocations_topic = topic_name(settings, ALLOCATIONS)
+    consumer = kafka.consumer(
+        settings,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
