@@ -100,18 +100,20 @@ def sample_ratio_mismatch(cells: Cells) -> list[Anomaly]:
     found: list[Anomaly] = []
     rows = [("*", cells.exposures.sum(0), cells.w.sum(0), cells.w2.sum(0), 1.0)]
     threshold = SRM_P / max(1, len(cells.segments))
-    rows += [
-        (key, cells.exposures[i], cells.w[i], cells.w2[i], threshold)
-        for i, key in enumerate(cells.segments)
-    ]
+    if len(cells.segments) > 1:  # one segment is the experiment: tested once, as "*"
+        rows += [
+            (key, cells.exposures[i], cells.w[i], cells.w2[i], threshold)
+            for i, key in enumerate(cells.segments)
+        ]
     for key, n, w, w2, level in rows:
+        where = "the experiment" if key == "*" else key
         total = int(n.sum())
         if len(n) >= 2 and total - n.max() >= SRM_EMPTY_VARIANT and n.min() == 0:
             empty = cells.variants[int(np.argmin(n))]
             found.append(
                 Anomaly(
                     "sample_ratio_mismatch", "critical",
-                    f"{key}: variant {empty} has no exposure while the others have {total:,}; "
+                    f"{where}: variant {empty} has no exposure while the others have {total:,}; "
                     "are its exposures reaching the exposures topic?",
                     key, empty, observed=0.0, n=total,
                 )
@@ -126,7 +128,7 @@ def sample_ratio_mismatch(cells: Cells) -> list[Anomaly]:
             found.append(
                 Anomaly(
                     "sample_ratio_mismatch", "critical",
-                    f"{key}: exposures do not match the logged propensities (χ² = {q:.1f}, "
+                    f"{where}: exposures do not match the logged propensities (χ² = {q:.1f}, "
                     f"p = {p:.1g}); {cells.variants[worst]} accounts for "
                     f"{w[worst]:,.0f} decisions against a median {np.median(w):,.0f}. "
                     "Exposures of one variant are probably lost or duplicated; "
