@@ -119,6 +119,10 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         from streams.bench import policies
 
         return policies.main(args)
+    if args.bench == "context":
+        from streams.bench import context
+
+        return context.main(args)
     from streams.bench import pipeline
 
     return pipeline.main(args)
@@ -169,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     policies = benches.add_parser("policies", help="bandit policies on simulated traffic")
     _add_policy_bench_arguments(policies)
+    context_bench = benches.add_parser(
+        "context", help="extract_context per visit: cached and uncached p50/p99"
+    )
+    from streams.bench.context import add_arguments as context_arguments
+
+    context_arguments(context_bench)
     pipeline = benches.add_parser(
         "pipeline", help="one worker on the real broker: throughput and latency vs references"
     )

@@ -186,6 +186,11 @@ _OTHER_DEVICE_RE = re.compile(
     r"kindle/\d|\bwatch\d?,|watchos|\bdtv\b|\btv build\b|\bstb\b|tv-hdmi|droid tv|"
     r"dreamcast|\bglass \d"
 )
+#: Every match of _OTHER_DEVICE_RE contains one of these: a cheap test first, because
+#: a regex of many alternatives tries each at every position of a 300-character UA.
+_OTHER_DEVICE_HINTS = ("tv", "netcast", "crkey", "web0s", "bravia", "aft", "roku", "playstation",
+                       "xbox", "nintendo", "oculusbrowser", "quest", "qtcarbrowser", "kindle/",
+                       "watch", "stb", "dreamcast", "glass")
 # Tablet evidence in the UA or in ua-parser's device family/model. Each alternative is
 # a token that only tablets send: "iPad"; "Tablet" (Firefox for Android tablets
 # "Android 13; Tablet; rv:125.0", "Pinterest for Android Tablet/...", "FBID/tablet" of
@@ -201,10 +206,13 @@ _OTHER_DEVICE_RE = re.compile(
 _TABLET_RE = re.compile(
     r"ipad|tablet|\bsilk/|\bkf[a-z]{2,4}\b|kindle fire|playbook|\bgt-p\d|\bsm-[tpx]\d|"
     r"\bgt-n(?:51|80)\d|\bsgpt?\d|mediapad|memo ?pad|smartpad|\btb-?[x\d]\d|ideatab|"
-    r"yoga tab|nexus (?:7|9|10)\b|pixel (?:c|tablet)\b|\btransformer (?:pad|prime|tf)|"
-    r"\bxoom|\bmz60\d|\bmid ?\d|mid\b|galaxy tab|\btab ?\d|\w+tab\b|(?:^|[\s_-])tab(?:[\s_\d-]|$)|"
-    r"(?<!cool)pad(?:[\s_\d-]|\b)"
+    r"yoga tab|nexus[ _](?:7|9|10)\b|pixel (?:c|tablet)\b|\btransformer (?:pad|prime|tf)|"
+    r"\bxoom|\bmz60\d|\bmid ?\d|mid\b|galaxy tab|\btab ?\d|\w+tab\b|"
+    r"(?:^|[\s_-])tab(?:[\s_\d-]|$)|(?<!cool)pad(?:[\s_\d-]|\b)"
 )
+#: Every match of _TABLET_RE contains one of these (see _OTHER_DEVICE_HINTS).
+_TABLET_HINTS = ("ipad", "tab", "pad", "silk/", "kf", "playbook", "gt-", "sm-", "sgp", "tb",
+                 "nexus", "pixel", "transformer", "xoom", "mz60", "mid")
 # Android in-app UAs that state the screen: Instagram "(33/13; 480dpi; 1080x2340; ...)",
 # Facebook's app UA "FBDM/{density=2.625,width=1080,height=2201}". Smallest width >= 600
 # dp is Android's own definition of a tablet (the "sw600dp" resource qualifier).
@@ -221,6 +229,7 @@ _IPAD_AS_MAC_RE = re.compile(r"crios/|fxios/|edgios/|opios/|\bgsa/|mobile/\w+|ip
 # ("MSIE 6.0; Windows CE; IEMobile 7.11"), J2ME feature phones ("Profile/MIDP-2.0
 # Configuration/CLDC-1.1"), WAP browsers ("UP.Browser/6.1", "Obigo", "NetFront").
 _PHONE_RE = re.compile(r"windows ce|iemobile|\bmidp|\bcldc|up\.browser|obigo|netfront|\bwap")
+_PHONE_HINTS = ("windows ce", "iemobile", "midp", "cldc", "up.browser", "obigo", "netfront", "wap")
 _OTHER_DESKTOP_OSES = frozenset({"FreeBSD", "OpenBSD", "NetBSD", "BSD", "Solaris", "Mandriva"})
 _SAFARI_LIKE_RE = re.compile(r"safari/|firefox/|opera|presto/|\bversion/")
 # fmt: on
@@ -276,6 +285,11 @@ def _classify_user_agent(ua: str) -> UserAgentFeatures:
     )
 
 
+def _matches(pattern: re.Pattern[str], hints: tuple[str, ...], text: str) -> bool:
+    """pattern.search(text), skipped when none of the substrings its matches need is there."""
+    return any(hint in text for hint in hints) and pattern.search(text) is not None
+
+
 def _smallest_width_dp(low: str) -> float | None:
     """The screen's smallest width in dp when an in-app UA states the screen."""
     match = _INSTAGRAM_SCREEN_RE.search(low)
@@ -306,19 +320,23 @@ def _device_class(os_name: str, os_family: str, dev_family: str, model: str, low
         or os_family in _OTHER_OSES
     ):
         return OTHER
-    if _OTHER_DEVICE_RE.search(low):
+    if _matches(_OTHER_DEVICE_RE, _OTHER_DEVICE_HINTS, low):
         return OTHER
     width = _smallest_width_dp(low)
     if width is not None:
         return "tablet" if width >= 600 else "mobile"
-    tablet = dev_family == "iPad" or _TABLET_RE.search(model) or _TABLET_RE.search(low)
+    tablet = (
+        dev_family == "iPad"
+        or _matches(_TABLET_RE, _TABLET_HINTS, model)
+        or _matches(_TABLET_RE, _TABLET_HINTS, low)
+    )
     if tablet and "windows nt" not in low:  # "Tablet PC 2.0" in desktop IE's UA is no tablet
         return "tablet"
     if (
         dev_family in ("iPhone", "iPod")
         or os_family in _MOBILE_OSES
         or "phone" in model
-        or _PHONE_RE.search(low)
+        or _matches(_PHONE_RE, _PHONE_HINTS, low)
     ):
         return "mobile"
     if os_name == "android":
@@ -421,6 +439,7 @@ _SOCIAL_MEDIA = frozenset(
 _EMAIL_NAMES = frozenset({"email", "e-mail", "e_mail", "e mail"})
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_")
 _TRACKED_PARAMS = frozenset({"utm_source", "utm_medium", "utm_campaign", *_CLICK_IDS})
+_PARAM_HINTS = ("utm_", "clid", "clkid", "braid", "sccid", "li_fat_id", "epik")  # in every one
 
 
 @lru_cache(maxsize=4096)
@@ -509,10 +528,11 @@ def channel(source: str, category: str, medium: str, campaign: str) -> str:
 def _landing_params(ctx: Mapping[str, object]) -> dict[str, str]:
     """The UTM tags and click ids of the landing URL's query (lower-cased names)."""
     url = _text(ctx, "landing_url")
-    if not url or "?" not in url:
-        return {}
+    query = (url or "").partition("?")[2].partition("#")[0]
+    if not any(hint in query.lower() for hint in _PARAM_HINTS):
+        return {}  # most landing URLs carry no tag: skip parsing them
     try:
-        pairs = parse_qsl(urlsplit(url).query, keep_blank_values=False)
+        pairs = parse_qsl(query, keep_blank_values=False)
     except ValueError:
         return {}
     params: dict[str, str] = {}

@@ -19,6 +19,7 @@ from streams.core.context import (
     OTHER,
     UNKNOWN,
     VOCABULARIES,
+    channel,
     extract_context,
 )
 
@@ -334,6 +335,83 @@ def test_utm_tags_win_over_the_referrer(
 
 
 @pytest.mark.parametrize(
+    ("raw", "source", "medium", "channel"),
+    [
+        # tags of the landing URL count when the context has no utm_* fields ...
+        ({"landing_url": "https://s.example/?utm_source=ig&utm_medium=paid_social"},
+         "instagram", "paid", "paid_social"),
+        ({"landing_url": "https://s.example/p?UTM_SOURCE=newsletter#top"},
+         "email", "email", "email"),
+        # ... and the fields win over them
+        ({"utm_source": "google", "utm_medium": "cpc",
+          "landing_url": "https://s.example/?utm_source=bing&utm_medium=email"},
+         "google", "paid", "paid_search"),
+        # Google's click ids override UTM tags (GA4's default); the others do not
+        ({"utm_source": "newsletter", "utm_medium": "email",
+          "landing_url": "https://s.example/?gclid=Cj0K"}, "google", "paid", "paid_search"),
+        ({"utm_source": "awin", "utm_medium": "affiliate",
+          "landing_url": "https://s.example/?msclkid=1"}, OTHER, OTHER, "affiliates"),
+        ({"referrer": "", "landing_url": "https://s.example/?ttclid=E.C"},
+         "tiktok", "paid", "paid_social"),
+        # fbclid says Meta, the referrer says which of its apps; not paid by itself
+        ({"referrer": "https://l.instagram.com/", "landing_url": "https://s.example/?fbclid=Iw"},
+         "instagram", "social", "organic_social"),
+        ({"landing_url": "https://s.example/?fbclid=Iw"}, "facebook", "social", "organic_social"),
+        # a blank click id, a landing URL of the wrong type or without a query is ignored
+        ({"landing_url": "https://s.example/?gclid=", "referrer": ""},
+         "direct", "direct", "direct"),
+        ({"landing_url": 42, "referrer": ""}, "direct", "direct", "direct"),
+        ({"landing_url": "https://s.example/", "referrer": None}, UNKNOWN, UNKNOWN, UNKNOWN),
+        ({"landing_url": "http://[::1/?utm_source=google&utm_medium=cpc"},
+         "google", "paid", "paid_search"),
+        # direct needs the empty referrer the visits schema asks for
+        ({"referrer": ""}, "direct", "direct", "direct"),
+        ({}, UNKNOWN, UNKNOWN, UNKNOWN),
+        ({"utm_source": "(direct)", "utm_medium": "(none)"}, "direct", "direct", "direct"),
+    ],
+)  # fmt: skip
+def test_landing_url_click_ids_and_direct(
+    raw: dict[str, object], source: str, medium: str, channel: str
+) -> None:
+    features = extract_context(raw)
+    assert (features["source"], features["medium"], features["channel"]) == (
+        source, medium, channel,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("source", "category", "medium", "campaign", "expected"),
+    [
+        ("(direct)", "", "(none)", "", "direct"),
+        ("google", "search", "cpc", "pmax Cross-Network", "cross_network"),
+        ("google", "search", "cpc", "shopping_de", "paid_shopping"),
+        ("google", "search", "cpc", "workshop", "paid_search"),  # "workshop" is not "shop"
+        ("google", "search", "cpc", "top-shop", "paid_shopping"),
+        ("facebook", "social", "Paid_Social", "", "paid_social"),
+        ("youtube", "video", "cpv", "", "paid_video"),
+        ("google", "search", "display", "", "display"),
+        ("x", "", "retargeting", "", "paid_other"),
+        ("x", "shopping", "", "", "organic_shopping"),
+        ("x", "", "Social Media", "", "organic_social"),
+        ("x", "", "video", "", "organic_video"),
+        ("x", "", "organic", "", "organic_search"),
+        ("x", "", "link", "", "referral"),
+        ("E-Mail", "", "", "", "email"),
+        ("x", "", "affiliate", "", "affiliates"),
+        ("x", "", "audio", "", "audio"),
+        ("SMS", "", "", "", "sms"),
+        ("x", "", "web-push", "", "mobile_push"),
+        ("firebase", "", "", "", "mobile_push"),
+        ("x", "", "print", "", "unassigned"),
+    ],
+)  # fmt: skip
+def test_ga4_channel_rules_in_their_order(
+    source: str, category: str, medium: str, campaign: str, expected: str
+) -> None:
+    assert channel(source, category, medium, campaign) == expected
+
+
+@pytest.mark.parametrize(
     ("campaign", "expected"),
     [("summer_sale", "yes"), ("", "no"), ("   ", "no"), (None, "no"), (7, UNKNOWN)],
 )
@@ -584,11 +662,14 @@ FIELDS = (
     "local_hour",
     "screen_width",
     "session",
+    "landing_url",
+    "max_touch_points",
 )
 SESSION_FIELDS = ("pages_viewed", "time_seconds", "is_returning", "visit_count")
 PLAUSIBLE_TEXT = st.sampled_from(
     [IPHONE_SAFARI, GOOGLEBOT, "https://l.instagram.com/", "https://www.google.co.uk/", "ig",
-     "cpc", "US", "en-US,en;q=0.9", "", " ", "\ud800", "a|b:c", "x" * 3000]
+     "cpc", "US", "en-US,en;q=0.9", "", " ", "\ud800", "a|b:c", "x" * 3000,
+     "https://s.example/?gclid=1&utm_source=ig&fbclid=2", "?utm_medium=%ff%fe", 5]
 )  # fmt: skip
 SESSION_VALUES = JSON | st.integers(-5, 50) | st.floats(-5, 500)
 SESSIONS = st.fixed_dictionaries({}, optional=dict.fromkeys(SESSION_FIELDS, SESSION_VALUES))
