@@ -4,10 +4,18 @@
 conversions. They are floats so that discounting (forgetting old traffic)
 stays exact arithmetic on the same type. Inputs are validated once, where they
 enter (`Counts` construction); everything downstream trusts them.
+
+Discounting is by time, not by event: `discount` gamma in (0, 1] is the share
+of evidence kept per minute, so counts observed `elapsed_s` seconds ago weigh
+`decay_factor(gamma, elapsed_s)` = gamma^(elapsed_s / 60) (half-life
+ln 0.5 / ln gamma minutes). Whoever stores counts decays them with
+`decayed(counts, gamma, elapsed_s)` before adding new observations; the
+pipeline and the simulator use these same two functions.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -140,34 +148,35 @@ class Counts:
             f"Counts(exposures={self.exposures.tolist()}, conversions={self.conversions.tolist()})"
         )
 
-    def discounted(self, gamma: float) -> Counts:
-        """Old evidence weighted by `gamma` in (0, 1]: forgets drifting traffic."""
-        _check_gamma(gamma)
-        return Counts(self.exposures * gamma, self.conversions * gamma)
+
+SECONDS_PER_DISCOUNT_PERIOD = 60.0
+"""`discount` is the share of evidence kept per this many seconds (a minute)."""
 
 
-def _check_gamma(gamma: float) -> None:
-    if not 0.0 < gamma <= 1.0:
-        message = f"discount gamma must be in (0, 1], got {gamma!r}"
+def _check_discount(discount: float) -> None:
+    if not 0.0 < discount <= 1.0:
+        message = f"discount must be in (0, 1] (1 = no forgetting), got {discount!r}"
         raise ValueError(message)
 
 
-def update(counts: Counts, variant: int, converted: bool, gamma: float = 1.0) -> Counts:
-    """One more exposure of `variant` (and a conversion if `converted`).
+def decay_factor(discount: float, elapsed_s: float) -> float:
+    """Weight of evidence `elapsed_s` seconds old: discount^(elapsed_s / 60).
 
-    Old counts are first multiplied by `gamma`, so with gamma < 1 an
-    observation from n events ago weighs gamma**n.
+    1.0 when `discount` is 1 (never forget) or no time has passed (elapsed_s <= 0:
+    clocks of different producers may disagree slightly; evidence never grows).
     """
-    _check_gamma(gamma)
-    if not 0 <= variant < counts.variants:
-        message = f"variant index {variant} out of range for {counts.variants} variants"
-        raise ValueError(message)
-    exposures = counts.exposures * gamma
-    conversions = counts.conversions * gamma
-    exposures[variant] += 1.0
-    if converted:
-        conversions[variant] += 1.0
-    return Counts(exposures, conversions)
+    _check_discount(discount)
+    if discount == 1.0 or elapsed_s <= 0.0:
+        return 1.0
+    return math.exp(math.log(discount) * elapsed_s / SECONDS_PER_DISCOUNT_PERIOD)
+
+
+def decayed(counts: Counts, discount: float, elapsed_s: float) -> Counts:
+    """`counts` as they weigh `elapsed_s` seconds later (see `decay_factor`)."""
+    factor = decay_factor(discount, elapsed_s)
+    if factor == 1.0:
+        return counts
+    return Counts(counts.exposures * factor, counts.conversions * factor)
 
 
 def posterior_parameters(

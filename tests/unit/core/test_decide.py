@@ -37,10 +37,26 @@ def test_choose_returns_a_valid_index_with_its_own_weight(
     assert propensity > 0  # a variant with weight zero is never shown
 
 
+def _inverse_cdf_by_scan(probabilities: list[float], u: float) -> int:
+    """The definition, by a linear scan: the first variant whose running total exceeds
+    u * total; if round-off leaves none, the last variant with a positive weight."""
+    total = sum(probabilities)  # left to right, as the running totals are
+    running = 0.0
+    for index, p in enumerate(probabilities):
+        running += p
+        if u * total < running:
+            return index
+    return max(i for i, p in enumerate(probabilities) if p > 0)
+
+
 @given(probability_vectors, unit_interval)
-def test_cached_weights_choose_like_choose(probabilities: list[float], u: float) -> None:
+def test_cached_weights_are_the_inverse_cdf(probabilities: list[float], u: float) -> None:
+    # Against an independent reference (a scan, not the bisection of the cached sums), for
+    # both entry points: a cache built from stale or misaligned sums fails here.
+    expected = _inverse_cdf_by_scan(probabilities, u)
     cached = CumulativeWeights.from_probabilities(np.array(probabilities))
-    assert cached.choose(u) == choose(probabilities, u)
+    assert cached.choose(u) == (expected, probabilities[expected])
+    assert choose(probabilities, u) == (expected, probabilities[expected])
 
 
 def test_choose_is_the_inverse_cdf() -> None:
