@@ -132,6 +132,13 @@ async def publish_weights() -> None:
         await publisher.tick()
 
 
+@app.timer(interval=1.0)
+async def publish_insights() -> None:
+    """Lift reports, anomalies and recommendations of the owned experiments (never raises)."""
+    if _running():
+        await publisher.report()
+
+
 @app.timer(interval=2.0)
 async def sweep() -> None:
     """Deltas left unsent by a crash; waiting records that can go on or must leave."""

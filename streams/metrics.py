@@ -54,6 +54,9 @@ DECISION_LATENCY = Histogram(
 WEIGHTS_PUBLISHED = Counter(
     "bandit_weights_published_total", "Allocation documents published", registry=REGISTRY
 )
+INSIGHTS_PUBLISHED = Counter(
+    "bandit_insights_published_total", "Insight documents published", registry=REGISTRY
+)
 REPLICA_UPDATES = Counter(
     "bandit_replica_updates_total",
     "Records applied to local replicas",

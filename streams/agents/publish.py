@@ -1,29 +1,35 @@
-"""The experiment owner: one snapshot of every segment → allocations (and insights).
+"""The experiment owner: one snapshot of every segment → allocations and insights.
 
 An experiment is owned by the worker that holds its partition of `experiment-changes` (the
 topic the segment owners notify, keyed by experiment_id). On every tick the owner publishes
 the experiments that changed, and every experiment at least every `HEARTBEAT_S`, from one
-snapshot under a version that strictly increases per experiment (`StateStore.snapshot`).
+snapshot under a version that strictly increases per experiment (`StateStore.snapshot`);
+every `BANDIT_INSIGHTS_INTERVAL_S` it publishes lift reports, anomalies and recommendations
+(`streams.analytics.report.build_insights`) to `insights` and `insights_history`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
-import orjson
 from aiokafka.partitioner import murmur2
 
 from streams import metrics
+from streams.analytics.report import build_insights
+from streams.core.snapshot import ExperimentSnapshot
 from streams.experiments import Experiment
 from streams.pipeline.events import RawEvent
 from streams.pipeline.learn import HEARTBEAT_S, allocations, decayed_to, discount_of, to_publish
 from streams.pipeline.replica import allocation_key
 from streams.runtime import Runtime
-from streams.topics import ALLOCATIONS
+from streams.topics import ALLOCATIONS, INSIGHTS
 
 log = logging.getLogger("bandit_stream.publish")
+HISTORY_S = 3600.0  # insights compare the last snapshot with those of the past hour
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -40,6 +46,8 @@ class Publisher:
         self.dirty: set[str] = set()
         self.published: dict[str, dict[str, dict[str, float]]] = {}
         self.last_publish: dict[str, float] = {}
+        self.history: dict[str, list[ExperimentSnapshot]] = {}
+        self.last_insights: dict[str, float] = {}
 
     def changed(self, batch: Sequence[RawEvent]) -> None:
         for event in batch:
@@ -73,6 +81,49 @@ class Publisher:
             self.last_publish.pop(eid, None)
             self.published.pop(eid, None)
 
+    async def report(self) -> None:
+        """Insights of the owned experiments that are due, from one snapshot each (never
+        raises: a failing report is logged and counted)."""
+        now = time.monotonic()
+        for experiment in self.owned():
+            eid = experiment.experiment_id
+            if now - self.last_insights.get(eid, -1e9) < self.rt.settings.insights_interval_s:
+                continue
+            self.last_insights[eid] = now
+            try:
+                await self.publish_insights(experiment)
+            except Exception:
+                metrics.STAGE_ERRORS.labels(stage="insights").inc()
+                log.exception("the insights of %r failed; tried again next interval", eid)
+
+    async def publish_insights(self, experiment: Experiment) -> list[dict[str, Any]]:
+        eid = experiment.experiment_id
+        store = await self.rt.store()
+        snap = await store.current_snapshot(eid, experiment.variant_ids)
+        history = [
+            h
+            for h in self.history.get(eid, [])
+            if (snap.snapshot.taken_at - h.taken_at).total_seconds() <= HISTORY_S
+        ]
+        documents = build_insights(
+            eid,
+            experiment.variant_ids,
+            snap.snapshot,
+            history,
+            now=datetime.now(UTC),
+            snapshot_version=snap.version,
+            variant_names={
+                v: n
+                for v, n in zip(experiment.variant_ids, experiment.variant_names, strict=True)
+                if n
+            },
+        )
+        await self.rt.send(INSIGHTS, ((eid.encode(), d) for d in documents))
+        await store.record_insights(documents)
+        self.history[eid] = [*history, snap.snapshot]
+        metrics.INSIGHTS_PUBLISHED.inc(len(documents))
+        return documents
+
     async def publish(self, experiment: Experiment, heartbeat: bool) -> int:
         eid = experiment.experiment_id
         store = await self.rt.store()
@@ -89,13 +140,3 @@ class Publisher:
         self.last_publish[eid] = time.monotonic()
         metrics.WEIGHTS_PUBLISHED.inc(len(keys))
         return len(keys)
-
-
-def experiment_ids(batch: Iterable[RawEvent]) -> set[str]:
-    out = set()
-    for event in batch:
-        try:
-            out.add(str(orjson.loads(event.value or b"")["experiment_id"]))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return out

@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from streams.contracts import parse_timestamp
 from streams.core.snapshot import ExperimentSnapshot, SegmentSnapshot, VariantStats
 from streams.pipeline.decide import StickyAssignment
 from streams.pipeline.events import RawEvent
@@ -683,6 +684,34 @@ class StateStore:
             segments,
             unattributed_conversions=int(waiting["conversions"]),
             expired_exposures=int(waiting["exposures"]),
+        )
+
+    async def current_snapshot(self, experiment_id: str, variant_ids: tuple[str, ...]) -> Snapshot:
+        """The experiment's snapshot now, with the last version published (read only)."""
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            version = await conn.fetchval(
+                "SELECT version FROM allocation_versions WHERE experiment_id = $1", experiment_id
+            )
+            snapshot = await self.read_snapshot(conn, experiment_id, variant_ids)
+        return Snapshot(snapshot, int(version or 0))
+
+    async def record_insights(self, documents: Sequence[Mapping[str, Any]]) -> None:
+        """Keep the published insights (insights_history: the analysts' record and the
+        `report` command's source)."""
+        if not documents:
+            return
+        await self.pool.execute(
+            """
+            INSERT INTO insights_history (experiment_id, kind, generated_at, snapshot_version,
+                                          document)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[],
+                                 $5::jsonb[])
+            """,
+            [d["experiment_id"] for d in documents],
+            [d["kind"] for d in documents],
+            [parse_timestamp(d["generated_at"]) for d in documents],
+            [int(d.get("snapshot_version", 0)) for d in documents],
+            [orjson.dumps(d).decode() for d in documents],
         )
 
     @asynccontextmanager

@@ -117,8 +117,13 @@ async def scratch(base: Settings, label: str, *, database: bool) -> AsyncIterato
             settings = settings.model_copy(update={"database_url": SecretStr(dsn)})
         await asyncio.wait_for(ensure_topics(settings), 60)
         if database:
+            # uniform: the backlog's exposures show the service's own decisions, which it
+            # can compute in advance only while every weight is uniform (traffic.py)
             doc = new_experiment_document(
-                EXPERIMENT_ID, list(VARIANTS), context_features=list(CONTEXT_FEATURES)
+                EXPERIMENT_ID,
+                list(VARIANTS),
+                context_features=list(CONTEXT_FEATURES),
+                policy={"name": "uniform"},
             )
             await save_experiment(settings, doc)
         yield Scratch(token, settings, dsn)

@@ -20,8 +20,10 @@ import orjson
 from streams import kafka_clients
 from streams.contracts import format_timestamp
 from streams.core.context import extract_context
+from streams.core.decide import deterministic_uniform
 from streams.core.segments import segment_key
 from streams.pipeline.decide import decision_id
+from streams.pipeline.replica import uniform_entry
 from streams.settings import Settings
 from streams.topics import CONVERSIONS, EXPOSURES, VISITS, topic_name
 
@@ -151,7 +153,7 @@ def make_backlog(visits: int, seed: int = 7) -> Backlog:
         exposure = exposure_message(
             _seeded_uuid(rng),
             visitor,
-            rng.choice(VARIANTS),
+            _decided_variant(event_id),
             decision_id(EXPERIMENT_ID, event_id),
             segment,
             exposed_at,
@@ -164,6 +166,14 @@ def make_backlog(visits: int, seed: int = 7) -> Backlog:
             )
             out[CONVERSIONS].append((key, value))
     return Backlog(out)
+
+
+def _decided_variant(event_id: str) -> str:
+    """The variant the service decides for this visit of the uniform bench experiment."""
+    index, _ = uniform_entry(VARIANTS).weights.choose(
+        deterministic_uniform(EXPERIMENT_ID, event_id)
+    )
+    return VARIANTS[index]
 
 
 async def produce_backlog(settings: Settings, backlog: Backlog) -> float:
