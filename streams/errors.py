@@ -55,7 +55,7 @@ def is_transient(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, TransientError | ConnectionError | TimeoutError | transient_pg):
+        if isinstance(current, (TransientError, ConnectionError, TimeoutError, *transient_pg)):
             return True
         if isinstance(current, kafka_errors.KafkaError) and (
             getattr(current, "retriable", False)

@@ -1,0 +1,97 @@
+"""How a stage settles a batch: outages wait, poison records are isolated and dead-lettered.
+
+The handler here is a plain function that fails on chosen records; what the runtime sends is
+captured where the app would hand it to the producer. The real broker and database paths are
+covered by the integration tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from streams import errors
+from streams.pipeline.events import RawEvent
+from streams.runtime import Runtime
+from streams.settings import Settings
+from streams.topics import DEADLETTER, topic_name
+
+pytestmark = pytest.mark.unit
+
+
+def _runtime() -> tuple[Runtime, list[tuple[str, bytes | None, dict[str, Any]]]]:
+    rt = Runtime(Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", BANDIT_TOPIC_PREFIX="u."))
+    sent: list[tuple[str, bytes | None, dict[str, Any]]] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> Any:
+        sent.append((topic, key, orjson.loads(value)))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    rt.send_raw = send
+    return rt, sent
+
+
+def _batch(n: int) -> list[RawEvent]:
+    return [RawEvent("u.visits", 0, i, f"k{i}".encode(), b"{}") for i in range(n)]
+
+
+async def test_a_poison_record_is_isolated_and_the_rest_applied() -> None:
+    rt, sent = _runtime()
+    applied: list[int] = []
+
+    async def handle(_: Runtime, batch: Any) -> None:
+        if any(e.offset == 5 for e in batch):
+            raise ValueError("cannot apply record 5")
+        applied.extend(e.offset for e in batch)
+
+    await rt.settle("decide", _batch(12), handle)
+    assert sorted(applied) == [o for o in range(12) if o != 5], "every other record applied once"
+    (dead,) = [doc for topic, _, doc in sent if topic == topic_name(rt.settings, DEADLETTER)]
+    assert (dead["reason"], dead["offset"]) == ("processing_error", 5)
+    assert "ValueError: cannot apply record 5" in dead["detail"]
+
+
+async def test_an_outage_waits_and_retries_without_dead_letters() -> None:
+    rt, sent = _runtime()
+    attempts: list[int] = []
+
+    async def handle(_: Runtime, batch: Any) -> None:
+        attempts.append(len(batch))
+        if len(attempts) < 4:
+            raise ConnectionRefusedError("database down")
+
+    await rt.settle("track", _batch(8), handle)
+    assert attempts == [8, 8, 8, 8], "the whole batch again each time, never split"
+    assert sent == []
+
+
+def test_transient_and_permanent_errors_are_told_apart() -> None:
+    import asyncpg
+
+    assert errors.is_transient(ConnectionRefusedError())
+    assert errors.is_transient(asyncpg.exceptions.DeadlockDetectedError("deadlock"))
+    assert errors.is_transient(errors.TransientError("later"))
+    wrapped = RuntimeError("send failed")
+    wrapped.__cause__ = TimeoutError()
+    assert errors.is_transient(wrapped)
+    assert not errors.is_transient(FileNotFoundError("sql/ is missing"))
+    assert not errors.is_transient(asyncpg.exceptions.NumericValueOutOfRangeError("overflow"))
+    assert not errors.is_transient(ValueError("bug"))
+
+
+async def test_a_huge_key_does_not_make_a_dead_letter_too_large_to_send() -> None:
+    rt, sent = _runtime()
+
+    async def handle(_: Runtime, batch: Any) -> None:
+        raise ValueError("always")
+
+    huge = RawEvent("u.visits", 0, 0, b"k" * 650_000, b"\x01" * 65_536)
+    await rt.settle("decide", [huge], handle)
+    ((_, key, doc),) = sent
+    assert key is not None and len(key) < 100 and key.startswith(b"blake2b:")
+    assert len(orjson.dumps(doc)) < 1_000_000
