@@ -199,7 +199,8 @@ _OTHER_DEVICE_HINTS = ("tv", "netcast", "crkey", "web0s", "bravia", "aft", "roku
 # "GT-N5100"/"GT-N8000"; Sony "SGP..."/"SGPT12" tablets; Huawei "MediaPad"; Asus "MeMO Pad",
 # "Transformer Pad/Prime"; Lenovo "TB-X505F"/"IdeaTab"/"Yoga Tab"; Google "Nexus 7/9/10",
 # "Pixel C", "Pixel Tablet"; Motorola "Xoom" ("MZ601"); "SmartPad"; the "MID" (Mobile
-# Internet Device) models of white-label tablets ("MID7036", "SC-71MID"); and model names
+# Internet Device) models of white-label tablets ("MID7036", "SC-71MID"); B&N "Nook";
+# "HTC Flyer"; Android 3.x ("Honeycomb" shipped on tablets only); and model names
 # ending in "Tab" or "Tab 7" ("NetTAB", "LIFETAB_E10312", "FreeTAB 2096", "Lemon_Tab_LT29"),
 # or "Pad" ("OnePAD 725", "ViewPad 4", "CnM-TOUCHPAD 7", "MI PAD") — but not Coolpad's
 # phones ("Coolpad 7295"). Old tablets' browsers often sent "Mobile", so this goes first.
@@ -207,12 +208,13 @@ _TABLET_RE = re.compile(
     r"ipad|tablet|\bsilk/|\bkf[a-z]{2,4}\b|kindle fire|playbook|\bgt-p\d|\bsm-[tpx]\d|"
     r"\bgt-n(?:51|80)\d|\bsgpt?\d|mediapad|memo ?pad|smartpad|\btb-?[x\d]\d|ideatab|"
     r"yoga tab|nexus[ _](?:7|9|10)\b|pixel (?:c|tablet)\b|\btransformer (?:pad|prime|tf)|"
-    r"\bxoom|\bmz60\d|\bmid ?\d|mid\b|galaxy tab|\btab ?\d|\w+tab\b|"
-    r"(?:^|[\s_-])tab(?:[\s_\d-]|$)|(?<!cool)pad(?:[\s_\d-]|\b)"
+    r"xoom|\bmz60\d|\bnook\b|htc[ _/]flyer|android 3\.\d|\bmid ?\d|mid\b|galaxy tab|"
+    r"\btab ?\d|\w+tab\b|(?:^|[\s_-])tab(?:[\s_\d-]|$)|(?<!cool)pad(?:[\s_\d-]|\b)"
 )
 #: Every match of _TABLET_RE contains one of these (see _OTHER_DEVICE_HINTS).
 _TABLET_HINTS = ("ipad", "tab", "pad", "silk/", "kf", "playbook", "gt-", "sm-", "sgp", "tb",
-                 "nexus", "pixel", "transformer", "xoom", "mz60", "mid")
+                 "nexus", "pixel", "transformer", "xoom", "mz60", "mid", "nook", "flyer",
+                 "android 3.")
 # Android in-app UAs that state the screen: Instagram "(33/13; 480dpi; 1080x2340; ...)",
 # Facebook's app UA "FBDM/{density=2.625,width=1080,height=2201}". Smallest width >= 600
 # dp is Android's own definition of a tablet (the "sw600dp" resource qualifier).

@@ -47,8 +47,8 @@ SOURCE_TARGET = 0.99
 # 3. "tablet": the family or model names a tablet (TABLET: iPad, "Tab", "Pad", "Tablet",
 #    Kindle Fire, Nook, PlayBook, Xoom, Nexus 7/9/10, Galaxy Tab models GT-P/SM-T/SM-P/
 #    SM-X and Note tablets GT-N5100/GT-N80xx, Sony SGP, Huawei MediaPad, "MID" models of
-#    white-label "mobile internet devices"), or the OS is a tablet OS (BlackBerry
-#    Tablet OS, WeTab).
+#    white-label "mobile internet devices"), the OS is a tablet OS (BlackBerry Tablet OS,
+#    WeTab), or the model is one of a phone maker's tablet lines (TABLET_LINES).
 # 4. "desktop": the family "Mac"; in test_os.yaml, a desktop OS (DESKTOP_OSES).
 # 5. "mobile": iPhone, iPod, "Generic Smartphone" / "Generic Feature Phone", any device
 #    of a maker in PHONE_MAKERS (brands whose devices in this corpus are phones unless
@@ -75,6 +75,23 @@ _PHONE_MAKERS = (
     "Sagem Sendo Benq Mitsubishi Toshiba NEC Qmobilevn imobile"
 )
 PHONE_MAKERS = frozenset(_PHONE_MAKERS.split())
+#: Tablet product lines of those phone makers whose model numbers do not say "tab" or
+#: "pad" (from the makers' model numbering): Samsung Galaxy Tab and Note tablets beyond
+#: GT-P/SM-T (carrier models SCH-I705/I800/I905/I915, SGH-I467/I497/I957/T779/T849/T859,
+#: SHW-M180/M380/M480, SPH-P100, SC-01C/SC-01D/SC-01E), Sony Tablet S/P (SGPT1x), LG
+#: Optimus Pad and G Pad (V9xx, V4xx/V5xx/V7xx), Micromax Funbook, Toshiba's Android
+#: tablets (AT1xx-AT7xx), Acer Iconia (A100-A700, B1-), Asus Eee Pad / MeMO Pad / Fonepad
+#: models (TF, ME1xx-ME3xx, K00x/K01x), HTC Flyer and Jetstream (P510e, P715a), ZTE V9
+#: and Light Tab, Motorola Xoom (MZ60x), Lenovo IdeaPad/IdeaTab (A1-, K1, S2109, A2107).
+TABLET_LINES = re.compile(
+    r"\bsch-i(?:705|800|905|915)|\bsgh-(?:i467|i497|i957|t779|t849|t859)|\bshw-m[1345]80|"
+    r"\bsph-p100|\bsc-01[cde]\b|\bsgpt\d|\blg-?v(?:9\d\d|[457]\d\d)|funbook|"
+    r"^toshiba at\d|\bat\d{3}\b.*toshiba|toshiba.*\bat\d{2,3}\b|\bacer .*\b(?:a[1-7]\d\d|b1-)|"
+    r"\bTF\d{3}|\bme[1-3]\d\d[a-z]{0,2}\b|\bk0[01][0-9a-z]\b|\bflyer\b|jetstream|"
+    r"\bp510e\b|\bp715a\b|\bzte v9\b|light tab|\bmz60\d|ideapad|\bk1\b.*lenovo|"
+    r"lenovo.*\b(?:a1-|k1\b|s2109|a2107)",
+    re.IGNORECASE,
+)
 PHONE_OSES = frozenset(
     {"Symbian OS", "Symbian^3", "Symbian^3 Anna", "Symbian^3 Belle", "Nokia Series 40",
      "Nokia Series 30 Plus", "Windows Phone", "Windows Mobile", "BlackBerry OS", "BREW",
@@ -102,6 +119,8 @@ def device_label(
     if NON_HANDHELD.search(names) or NON_HANDHELD.search(brand):
         return "other"
     if TABLET.search(names) or os_family in TABLET_OSES:
+        return "tablet"
+    if brand in PHONE_MAKERS and TABLET_LINES.search(f"{brand} {names}"):
         return "tablet"
     if family == "Mac":
         return "desktop"
