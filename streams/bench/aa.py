@@ -13,7 +13,10 @@ below α for any of the same hypotheses, fixed-sample tests looked at every batc
 * A/A: every segment and variant converts at `BASE_RATE`, so every flag is false: the share
   of runs with any flag is the family-wise false positive rate over all looks.
 * A/B: variant `b` converts 20 % more (relative) in every segment; power is the share of runs
-  where a decision-grade comparison says b beats a.
+  where a decision-grade comparison says b beats a. The same A/B runs under uniform
+  allocation (`power_20pct_lift_uniform_allocation`) show how much of it the bandit's own
+  allocation costs: once it starves the loser, the loser's exposures are what limit any
+  unbiased comparison.
 
 Output (`--json`): {"experiments", "false_positive_rate", "naive_false_positive_rate",
 "power_20pct_lift"} plus the settings. Seeds are fixed: `FIRST_SEED` + run index.
@@ -34,7 +37,6 @@ from typing import Any, Final
 
 import numpy as np
 
-from streams.core.posterior import Counts, pooling_from_arrays
 from streams.core.snapshot import ExperimentSnapshot, SegmentSnapshot, VariantStats
 
 FIRST_SEED: Final = 16_000
@@ -98,6 +100,7 @@ def run(
 ) -> Iterator[State]:
     """The state after every batch of an adaptive run (weights recomputed between batches)."""
     from streams.core.policies import DEFAULT_POLICY, make_policy
+    from streams.core.posterior import Counts, pooling_from_arrays
 
     policy = make_policy(policy_name or DEFAULT_POLICY)
     segments, variants = traffic.rates.shape
@@ -155,7 +158,7 @@ def _flags(documents: list[dict[str, Any]], alpha: float) -> tuple[bool, bool, b
 
 
 def one_run(
-    seed: int, lifted: bool, visits: int, batch: int, alpha: float
+    seed: int, lifted: bool, visits: int, batch: int, alpha: float, policy: str | None = None
 ) -> tuple[bool, bool, bool]:
     from streams.analytics.report import build_insights
 
@@ -165,7 +168,7 @@ def one_run(
     traffic = Traffic(rates, np.asarray(SHARES), visits=visits, batch=batch)
     rng = np.random.default_rng(seed)
     flagged = naive = b_wins = False
-    for look, state in enumerate(run(traffic, rng)):
+    for look, state in enumerate(run(traffic, rng, policy)):
         snapshot = state.snapshot("aa", VARIANTS, look)
         documents = build_insights("aa", VARIANTS, snapshot, (), now=snapshot.taken_at, alpha=alpha)
         f, n, b = _flags(documents, alpha)
@@ -173,9 +176,12 @@ def one_run(
     return flagged, naive, b_wins
 
 
-def _chunk(args: tuple[list[int], bool, int, int, float]) -> list[tuple[bool, bool, bool]]:
-    seeds, lifted, visits, batch, alpha = args
-    return [one_run(seed, lifted, visits, batch, alpha) for seed in seeds]
+Task = tuple[list[int], bool, int, int, float, str | None]
+
+
+def _chunk(task: Task) -> list[tuple[bool, bool, bool]]:
+    seeds, lifted, visits, batch, alpha, policy = task
+    return [one_run(seed, lifted, visits, batch, alpha, policy) for seed in seeds]
 
 
 def measure(
@@ -189,21 +195,30 @@ def measure(
     """Run the A/A and A/B experiments; the JSON document `--json` prints."""
     aa_seeds = [FIRST_SEED + i for i in range(experiments)]
     ab_seeds = [FIRST_SEED + 1_000_000 + i for i in range(power_runs)]
-    tasks = [(aa_seeds[i :: jobs * 4], False, visits, batch, alpha) for i in range(jobs * 4)]
-    tasks += [(ab_seeds[i :: jobs * 4], True, visits, batch, alpha) for i in range(jobs * 4)]
+    parts = jobs * 4
+    tasks: list[Task] = [
+        (aa_seeds[i::parts], False, visits, batch, alpha, None) for i in range(parts)
+    ]
+    tasks += [(ab_seeds[i::parts], True, visits, batch, alpha, None) for i in range(parts)]
+    tasks += [(ab_seeds[i::parts], True, visits, batch, alpha, "uniform") for i in range(parts)]
     tasks = [t for t in tasks if t[0]]
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             results = list(pool.map(_chunk, tasks))
     else:
         results = [_chunk(task) for task in tasks]
-    aa = [r for task, rs in zip(tasks, results, strict=True) if not task[1] for r in rs]
-    ab = [r for task, rs in zip(tasks, results, strict=True) if task[1] for r in rs]
+    done = list(zip(tasks, results, strict=True))
+    aa = [r for task, rs in done if not task[1] for r in rs]
+    ab = [r for task, rs in done if task[1] and task[5] is None for r in rs]
+    ab_uniform = [r for task, rs in done if task[5] == "uniform" for r in rs]
     return {
         "experiments": experiments,
         "false_positive_rate": float(np.mean([r[0] for r in aa])) if aa else None,
         "naive_false_positive_rate": float(np.mean([r[1] for r in aa])) if aa else None,
         "power_20pct_lift": float(np.mean([r[2] for r in ab])) if ab else None,
+        "power_20pct_lift_uniform_allocation": (
+            float(np.mean([r[2] for r in ab_uniform])) if ab_uniform else None
+        ),
         "power_runs": power_runs,
         "visits": visits,
         "batch": batch,
@@ -258,6 +273,8 @@ def main(args: argparse.Namespace) -> int:
         f"{'A/A, any naive repeated z-test flag':<38}{result['naive_false_positive_rate']:>14.3f}"
     )
     print(f"{'A/B +20 %, b found better (power)':<38}{result['power_20pct_lift']:>14.3f}")
+    uniform = result["power_20pct_lift_uniform_allocation"]
+    print(f"{'  the same, uniform allocation':<38}{uniform:>14.3f}")
     return 0
 
 

@@ -123,6 +123,10 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         from streams.bench import context
 
         return context.main(args)
+    if args.bench == "aa":
+        from streams.bench import aa
+
+        return aa.main(args)
     from streams.bench import pipeline
 
     return pipeline.main(args)
@@ -179,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     from streams.bench.context import add_arguments as context_arguments
 
     context_arguments(context_bench)
+    aa_bench = benches.add_parser(
+        "aa", help="A/A and A/B runs: false positives and power of the analytics' flags"
+    )
+    from streams.bench.aa import add_arguments as aa_arguments
+
+    aa_arguments(aa_bench)
     pipeline = benches.add_parser(
         "pipeline", help="one worker on the real broker: throughput and latency vs references"
     )
