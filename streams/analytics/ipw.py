@@ -43,7 +43,6 @@ import numpy as np
 
 from streams.core.snapshot import ExperimentSnapshot
 
-
 SHRINK_EXPOSURES = 20.0
 """Pseudo-exposures at the segment's rate in the variance floor of a cell."""
 
