@@ -113,9 +113,9 @@ _OSES = _invert({
                                       "Gentoo|Arch Linux|openSUSE|SUSE|CentOS",
 }, "|")
 #: In-app browsers of the apps that carry most social traffic: a substring of the
-#: lower-cased UA -> app, first match wins. ua-parser names some of these apps but not
-#: all (it has no rule for LinkedIn's and misses Instagram's app-only UA on some builds),
-#: and the app is what the segment needs, so the tokens are checked on every UA.
+#: lower-cased UA -> app, first match wins. ua-parser names most of these apps but not
+#: all (it has no rule for LinkedIn's in-app browser), and the app is what the segment
+#: needs, so the tokens are checked on every UA.
 _APPS: tuple[tuple[str, str], ...] = (
     # "... Mobile/15E148 Instagram 329.0.3.29.108 (iPhone15,2; iOS 17_4; ...)" and
     # "... Mobile Safari/537.36 Instagram 415.0.0.36.76 Android (33/13; 480dpi; ...)"
@@ -556,8 +556,8 @@ def _classify_traffic(ctx: Mapping[str, object]) -> tuple[str, str, str]:
     schema documents, unless tags or click ids say where it came from.
     """
     params = _landing_params(ctx)
-    utm_source, utm_medium, campaign = (
-        _text(ctx, name) if _get(ctx, name) is not None else params.get(name, "")
+    utm_source, utm_medium, campaign = (  # a field wins; a blank or absent one falls back
+        value if (value := _text(ctx, name)) != "" else params.get(name, "")
         for name in ("utm_source", "utm_medium", "utm_campaign")
     )
     click = next((name for name in _CLICK_IDS if params.get(name)), None)

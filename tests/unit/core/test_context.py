@@ -342,6 +342,9 @@ def test_utm_tags_win_over_the_referrer(
          "instagram", "paid", "paid_social"),
         ({"landing_url": "https://s.example/p?UTM_SOURCE=newsletter#top"},
          "email", "email", "email"),
+        ({"utm_source": "", "utm_medium": None,
+          "landing_url": "https://s.example/?utm_source=tiktok&utm_medium=paid"},
+         "tiktok", "paid", "paid_social"),  # blank or null fields fall back to the URL's tags
         # ... and the fields win over them
         ({"utm_source": "google", "utm_medium": "cpc",
           "landing_url": "https://s.example/?utm_source=bing&utm_medium=email"},
