@@ -57,6 +57,12 @@ def test_bench_pipeline_prints_one_complete_json_object(services: Services) -> N
             "100",
             "--duration",
             "3",
+            "--client-visits",
+            "500",
+            "--http-rate",
+            "100",
+            "--http-duration",
+            "2",
         ],
         cwd=REPO,
         env=env,
@@ -70,7 +76,7 @@ def test_bench_pipeline_prints_one_complete_json_object(services: Services) -> N
     assert len(lines) == 1, f"stdout must hold one JSON object and nothing else:\n{done.stdout}"
     result = json.loads(lines[0])
 
-    assert set(result) == {*TOP_LEVEL, "latency_ms"}
+    assert set(result) == {*TOP_LEVEL, "latency_ms", "client", "http"}
     for key in TOP_LEVEL:
         assert _positive_finite(result[key]), (key, result[key])
     assert set(result["latency_ms"]) == {"uncommitted", "committed"}
@@ -78,6 +84,12 @@ def test_bench_pipeline_prints_one_complete_json_object(services: Services) -> N
         assert set(pct) == {"p50", "p95", "p99"}, reader
         assert all(_positive_finite(v) for v in pct.values()), (reader, pct)
         assert pct["p50"] <= pct["p95"] <= pct["p99"], (reader, pct)
+    assert set(result["client"]) == {"p50_us", "p99_us"}
+    assert set(result["http"]) == {"p50_ms", "p99_ms", "requests_per_s"}
+    for path in ("client", "http"):
+        assert all(_positive_finite(v) for v in result[path].values()), (path, result[path])
+    assert result["client"]["p50_us"] <= result["client"]["p99_us"]
+    assert result["http"]["p50_ms"] <= result["http"]["p99_ms"]
     assert result["ratio_to_faust_reference"] == pytest.approx(
         result["pipeline_eps"] / result["faust_reference_eps"], rel=0.01
     )

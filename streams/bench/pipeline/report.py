@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streams.bench.pipeline.backlog import PipelineResult
+from streams.bench.pipeline.decide_paths import ClientResult, HttpResult
 from streams.bench.pipeline.latency import READERS, LatencyResult
 from streams.bench.pipeline.options import Options
 from streams.bench.pipeline.references import ReferenceResult
@@ -30,6 +31,8 @@ class Report:
     faust: ReferenceResult | None
     latency: LatencyResult
     notes: list[str]
+    client: ClientResult
+    http: HttpResult
 
     def as_json(self) -> dict[str, Any]:
         def r(x: float | None, digits: int = 1) -> float | None:
@@ -46,6 +49,15 @@ class Report:
             "latency_ms": {
                 name: {k: round(v, 2) for k, v in self.latency.percentiles(name).items()}
                 for name in READERS
+            },
+            "client": {
+                "p50_us": r(self.client.cached()["p50"], 2),
+                "p99_us": r(self.client.cached()["p99"], 2),
+            },
+            "http": {
+                "p50_ms": r(self.http.percentiles()["p50"], 3),
+                "p99_ms": r(self.http.percentiles()["p99"], 3),
+                "requests_per_s": r(self.http.requests_per_s),
             },
         }
 
@@ -124,9 +136,43 @@ class Report:
             ("    sender's worst lag behind schedule", f"{lat.max_sender_lag_ms:.1f} ms", ""),
         ]
 
+    def _decide_path_rows(self) -> list[Row]:
+        c, h = self.client, self.http
+        cached, fresh, web = c.cached(), c.uncached(), h.percentiles()
+        return [
+            ("(d) the other ways to decide, against one worker", "", ""),
+            (
+                f"    in process (DecisionClient), {c.decisions:,} visits, decisions/s",
+                f"{c.per_s:,.0f}",
+                f"{c.acknowledged:,} published (warm-up and new-UA ones too)",
+            ),
+            (
+                "    … per decide(), cached user agent, p50 / p95 / p99",
+                f"{cached['p50']:.1f} / {cached['p95']:.1f} / {cached['p99']:.1f} µs",
+                "",
+            ),
+            (
+                "    … per decide(), new user agent, p50 / p95 / p99",
+                f"{fresh['p50']:.1f} / {fresh['p95']:.1f} / {fresh['p99']:.1f} µs",
+                f"{len(c.uncached_us):,} visits",
+            ),
+            (
+                f"    POST /decide, {h.offered_per_s:,.0f} requests/s offered for "
+                f"{self.opts.http_duration:g} s, answered/s",
+                f"{h.requests_per_s:,.0f}",
+                f"{h.answered:,}/{h.sent:,} answered, {h.failed:,} failed",
+            ),
+            (
+                f"    … request → decision, p50 / p95 / p99 (first {h.warmup_s:g} s not measured)",
+                f"{web['p50']:.2f} / {web['p95']:.2f} / {web['p99']:.2f} ms",
+                "",
+            ),
+        ]
+
     def table(self) -> str:
         s = self.settings
         rows = self._backlog_rows() + self._reference_rows() + self._latency_rows()
+        rows += self._decide_path_rows()
         width = max(len(r[0]) for r in rows) + 2
         vwidth = max(len(r[1]) for r in rows) + 2
         head = (
