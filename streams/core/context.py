@@ -90,6 +90,7 @@ COUNTRY_CODES: frozenset[str] = frozenset(_ISO_3166.split())
 
 _UA_MAX_CHARS = 512  # bounds regex cost and cache memory; real UAs are ~100-300 chars
 _TEXT_MAX_CHARS = 2048  # anything longer than this in a context is junk, not a URL
+_UTM_MAX_CHARS = 256  # the visits schema's bound; keeps the memo cache small
 _ALL_UNKNOWN = MappingProxyType(dict.fromkeys(FEATURES, UNKNOWN))
 
 
@@ -466,9 +467,13 @@ def _classify_host(host: str) -> tuple[str, str] | None:
     return None
 
 
-@lru_cache(maxsize=4096)
 def _classify_source(value: str) -> tuple[str, str]:
     """(source, category) of a utm_source value: a name ("ig", "facebook_ads") or a host."""
+    return _classify_source_cached(value[:_UTM_MAX_CHARS])
+
+
+@lru_cache(maxsize=4096)
+def _classify_source_cached(value: str) -> tuple[str, str]:
     norm = value.lower()
     hit = _SITES.get(norm) or _SITES.get(norm.replace("-", "_").replace(" ", "_"))
     if hit is None and "." in norm:
