@@ -82,61 +82,68 @@ class Anomaly:
         return body
 
 
-def srm_statistic(w: np.ndarray, w2: np.ndarray) -> tuple[float, float, int]:
-    """(Q, p-value, degrees of freedom) of the propensity-weighted SRM test; NaN if < 2."""
-    w = np.asarray(w, dtype=float)
-    w2 = np.asarray(w2, dtype=float)
-    ok = (w > 0) & (w2 > 0)
-    if ok.sum() < 2:
-        return float("nan"), float("nan"), 0
-    w, a = w[ok], w2[ok]
-    centre = float(np.sum(w / a) / np.sum(1.0 / a))
-    q = float(np.sum((w - centre) ** 2 / a))
-    df = int(ok.sum()) - 1
-    return q, float(stats.chi2.sf(q, df)), df
+def srm_statistic(w: np.ndarray, w2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, p-value) of the propensity-weighted SRM test, per row of (rows x variants) sums.
+
+    Variants without exposures in a row are left out of it; NaN where fewer than 2 remain.
+    """
+    w = np.atleast_2d(np.asarray(w, dtype=float))
+    a = np.atleast_2d(np.asarray(w2, dtype=float))
+    ok = (w > 0) & (a > 0)
+    inverse = np.where(ok, 1.0 / np.where(ok, a, 1.0), 0.0)
+    df = ok.sum(axis=1) - 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        centre = (w * inverse).sum(axis=1) / inverse.sum(axis=1)
+        q = (((w - centre[:, None]) ** 2) * inverse).sum(axis=1)
+    q = np.where(df >= 1, q, np.nan)
+    p = np.where(df >= 1, stats.chi2.sf(q, np.maximum(df, 1)), np.nan)
+    return q, p
 
 
 def sample_ratio_mismatch(cells: Cells) -> list[Anomaly]:
     found: list[Anomaly] = []
-    rows = [("*", cells.exposures.sum(0), cells.w.sum(0), cells.w2.sum(0), 1.0)]
-    threshold = SRM_P / max(1, len(cells.segments))
+    keys = ["*"]
+    n, w, w2 = cells.exposures.sum(0)[None, :], cells.w.sum(0)[None, :], cells.w2.sum(0)[None, :]
+    levels = [SRM_P]
     if len(cells.segments) > 1:  # one segment is the experiment: tested once, as "*"
-        rows += [
-            (key, cells.exposures[i], cells.w[i], cells.w2[i], threshold)
-            for i, key in enumerate(cells.segments)
-        ]
-    for key, n, w, w2, level in rows:
+        keys += list(cells.segments)
+        n, w, w2 = (np.vstack([n, cells.exposures]), np.vstack([w, cells.w]),
+                    np.vstack([w2, cells.w2]))  # fmt: skip
+        levels += [SRM_P / len(cells.segments)] * len(cells.segments)
+    if n.shape[1] < 2:
+        return found
+    q, p = srm_statistic(w, w2)
+    total = n.sum(axis=1)
+    empty = (n.min(axis=1) == 0) & (total - n.max(axis=1) >= SRM_EMPTY_VARIANT)
+    testable = (n.min(axis=1) >= SRM_MIN_PER_VARIANT) & np.isfinite(p) & (p < np.array(levels))
+    for r in np.nonzero(empty | testable)[0]:
+        key = keys[r]
         where = "the experiment" if key == "*" else key
-        total = int(n.sum())
-        if len(n) >= 2 and total - n.max() >= SRM_EMPTY_VARIANT and n.min() == 0:
-            empty = cells.variants[int(np.argmin(n))]
+        if empty[r]:
+            variant = cells.variants[int(np.argmin(n[r]))]
             found.append(
                 Anomaly(
                     "sample_ratio_mismatch", "critical",
-                    f"{where}: variant {empty} has no exposure while the others have {total:,}; "
-                    "are its exposures reaching the exposures topic?",
-                    key, empty, observed=0.0, n=total,
+                    f"{where}: variant {variant} has no exposure while the others have "
+                    f"{total[r]:,.0f}; are its exposures reaching the exposures topic?",
+                    key, variant, observed=0.0, n=int(total[r]),
                 )
             )  # fmt: skip
             continue
-        if len(n) < 2 or n.min() < SRM_MIN_PER_VARIANT:
-            continue
-        q, p, _ = srm_statistic(w, w2)
-        if np.isfinite(p) and p < level:
-            ratio = w / max(float(np.median(w)), 1e-12)
-            worst = int(np.argmax(np.abs(ratio - 1.0)))
-            found.append(
-                Anomaly(
-                    "sample_ratio_mismatch", "critical",
-                    f"{where}: exposures do not match the logged propensities (χ² = {q:.1f}, "
-                    f"p = {p:.1g}); {cells.variants[worst]} accounts for "
-                    f"{w[worst]:,.0f} decisions against a median {np.median(w):,.0f}. "
-                    "Exposures of one variant are probably lost or duplicated; "
-                    "do not trust its rates until this is explained.",
-                    key, cells.variants[worst], statistic=q, p_value=p,
-                    observed=float(w[worst]), expected=float(np.median(w)), n=total,
-                )
-            )  # fmt: skip
+        median = float(np.median(w[r]))
+        worst = int(np.argmax(np.abs(w[r] - median)))
+        found.append(
+            Anomaly(
+                "sample_ratio_mismatch", "critical",
+                f"{where}: exposures do not match the logged propensities (χ² = {q[r]:.1f}, "
+                f"p = {p[r]:.1g}); {cells.variants[worst]} accounts for "
+                f"{w[r, worst]:,.0f} decisions against a median {median:,.0f}. "
+                "Exposures of one variant are probably lost or duplicated; "
+                "do not trust its rates until this is explained.",
+                key, cells.variants[worst], statistic=float(q[r]), p_value=float(p[r]),
+                observed=float(w[r, worst]), expected=median, n=int(total[r]),
+            )
+        )  # fmt: skip
     return found
 
 

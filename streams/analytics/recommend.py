@@ -18,7 +18,8 @@ from streams.analytics.lift import MIN_CONVERSIONS, MIN_EXPOSURES, Analysis
 
 NOT_YET_ITEMS: Final = 5
 """'Not yet' items: the experiment and its largest segments, at most this many segments."""
-_MAX_GROWTH: Final = 1000.0
+_GROWTH: Final = np.geomspace(1.0, 1000.0, 120)
+"""Traffic multiples tried by `_needed` (up to 1000x the decisions so far)."""
 
 
 def pct(x: float) -> str:
@@ -38,12 +39,10 @@ def _needed(analysis: Analysis, estimate: float, se: float, n: float) -> float |
     if not (math.isfinite(estimate) and math.isfinite(se) and se > 0 and n > 0):
         return None
     level = analysis.alpha / max(analysis.hypotheses, 1)
-    for growth in np.geomspace(1.0, _MAX_GROWTH, 120):
-        future = n * growth
-        half = float(sequential.boundary(np.array(future), level, analysis.alpha)) * se
-        if half / math.sqrt(growth) < abs(estimate):
-            return future
-    return None
+    growth = _GROWTH
+    half = sequential.boundary(n * growth, level, analysis.alpha) * se / np.sqrt(growth)
+    enough = np.nonzero(half < abs(estimate))[0]
+    return float(n * growth[enough[0]]) if enough.size else None
 
 
 def recommendations(

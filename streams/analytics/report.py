@@ -31,7 +31,7 @@ def _ts(moment: datetime) -> str:
 
 def _f(x: Any) -> float | None:
     value = float(x)
-    return value if math.isfinite(value) else None
+    return value if math.isfinite(value) else None  # NaN / inf: JSON null
 
 
 def _pair(low: Any, high: Any) -> list[float | None]:
@@ -123,6 +123,10 @@ def _lift_report(analysis: lift.Analysis, names: dict[str, str]) -> dict[str, An
     cells = analysis.cells
     k = len(cells.variants)
     seg_lift, seg_low, seg_high = analysis.lift_interval(analysis.segment_lift.estimate)
+    point, low, high = analysis.lift_interval(analysis.pair_lift.estimate)
+    pair_interval = (point.tolist(), low.tolist(), high.tolist())
+    pairs = analysis.pair_lift
+    pair_naive = [c.tolist() for c in (pairs.naive_z, pairs.naive_p, pairs.naive_q, pairs.cohens_h)]
     rate_low, rate_high = analysis.rate_interval(analysis.rate)
     obs_low, obs_high = wilson_interval(cells.conversions, cells.exposures)
     naive = analysis.segment_lift
@@ -130,32 +134,42 @@ def _lift_report(analysis: lift.Analysis, names: dict[str, str]) -> dict[str, An
         share = cells.exposures / cells.exposures.sum(1, keepdims=True)
         observed = cells.conversions / cells.exposures
 
+    # python lists: element access on numpy arrays costs ~10x more in these loops
+    exposures, conversions = cells.exposures.tolist(), cells.conversions.tolist()
+    share_l, observed_l = share.tolist(), observed.tolist()
+    obs_low_l, obs_high_l = obs_low.tolist(), obs_high.tolist()
+    rate_l = analysis.rate.estimate.tolist()
+    rate_low_l, rate_high_l = rate_low.tolist(), rate_high.tolist()
+    seg_lift_l, seg_low_l, seg_high_l = seg_lift.tolist(), seg_low.tolist(), seg_high.tolist()
+    guarded = naive.guarded.tolist()
+    flagged = analysis.flagged_segment.tolist()
+    naive_cols = [c.tolist() for c in (naive.naive_z, naive.naive_p, naive.naive_q, naive.cohens_h)]
     segments = []
     for i, key in enumerate(cells.segments):
         rows = []
         for j, variant in enumerate(cells.variants):
             flat = i * k + j
             flag = None
-            if analysis.flagged_segment[i, j]:
-                flag = "high_performer" if seg_lift[flat] > 0 else "underperformer"
+            if flagged[i][j]:
+                flag = "high_performer" if seg_lift_l[flat] > 0 else "underperformer"
             rows.append({
                 "variant_id": variant,
-                "exposures": int(cells.exposures[i, j]),
-                "conversions": int(cells.conversions[i, j]),
-                "share": _f(share[i, j]),
-                "observed_rate": _f(observed[i, j]),
-                "observed_ci95": _pair(obs_low[i, j], obs_high[i, j]),
-                "rate": _f(analysis.rate.estimate[i, j]),
-                "rate_interval": _pair(rate_low[i, j], rate_high[i, j]),
-                "lift_vs_global": _f(seg_lift[flat]),
-                "lift_interval": _pair(seg_low[flat], seg_high[flat]),
-                "tested": bool(naive.guarded[flat]),
+                "exposures": int(exposures[i][j]),
+                "conversions": int(conversions[i][j]),
+                "share": _f(share_l[i][j]),
+                "observed_rate": _f(observed_l[i][j]),
+                "observed_ci95": _pair(obs_low_l[i][j], obs_high_l[i][j]),
+                "rate": _f(rate_l[i][j]),
+                "rate_interval": _pair(rate_low_l[i][j], rate_high_l[i][j]),
+                "lift_vs_global": _f(seg_lift_l[flat]),
+                "lift_interval": _pair(seg_low_l[flat], seg_high_l[flat]),
+                "tested": bool(guarded[flat]),
                 "flag": flag,
-                "naive": _naive(naive, flat),
+                "naive": _naive_row(naive_cols, flat),
             })  # fmt: skip
         segments.append({
             "segment_key": key, "decisions": int(cells.decisions[i]), "variants": rows,
-            "comparisons": _comparisons(analysis, i),
+            "comparisons": _comparisons(analysis, pair_interval, pair_naive, i),
         })  # fmt: skip
 
     total_n, total_c = cells.exposures.sum(0), cells.conversions.sum(0)
@@ -194,7 +208,7 @@ def _lift_report(analysis: lift.Analysis, names: dict[str, str]) -> dict[str, An
             "conversions": int(total_c.sum()),
             "observed_rate": _f(total_c.sum() / decisions) if decisions > 0 else None,
             "variants": overall,
-            "comparisons": _comparisons(analysis, len(cells.segments)),
+            "comparisons": _comparisons(analysis, pair_interval, pair_naive, len(cells.segments)),
         },
         "segments": segments,
     }
@@ -203,18 +217,25 @@ def _lift_report(analysis: lift.Analysis, names: dict[str, str]) -> dict[str, An
     return report
 
 
-def _naive(comparison: lift.Comparison, flat: int) -> dict[str, float | None]:
+def _naive_row(columns: list[list[float]], flat: int) -> dict[str, float | None]:
+    z, p, q, h = columns
     return {
-        "z": _f(comparison.naive_z[flat]),
-        "p_value": _f(comparison.naive_p[flat]),
-        "q_value": _f(comparison.naive_q[flat]),
-        "cohens_h": _f(comparison.cohens_h[flat]),
+        "z": _f(z[flat]),
+        "p_value": _f(p[flat]),
+        "q_value": _f(q[flat]),
+        "cohens_h": _f(h[flat]),
     }
 
 
-def _comparisons(analysis: lift.Analysis, row: int) -> list[dict[str, Any]]:
+def _comparisons(
+    analysis: lift.Analysis,
+    interval: tuple[list[float], list[float], list[float]],
+    naive: list[list[float]],
+    row: int,
+) -> list[dict[str, Any]]:
     cells = analysis.cells
-    point, low, high = analysis.lift_interval(analysis.pair_lift.estimate)
+    point, low, high = interval
+    guarded = analysis.pair_lift.guarded
     out = []
     for p, (a, b) in enumerate(analysis.pairs):
         flat = row * len(analysis.pairs) + p
@@ -223,8 +244,8 @@ def _comparisons(analysis: lift.Analysis, row: int) -> list[dict[str, Any]]:
             "versus": cells.variants[b],
             "lift": _f(point[flat]),
             "lift_interval": _pair(low[flat], high[flat]),
-            "tested": bool(analysis.pair_lift.guarded[flat]),
+            "tested": bool(guarded[flat]),
             "decision_grade": bool(analysis.flagged_pair[row, p]),
-            "naive": _naive(analysis.pair_lift, flat),
+            "naive": _naive_row(naive, flat),
         })  # fmt: skip
     return out
