@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 import asyncpg
 import orjson
 from aiokafka import TopicPartition
+from pydantic import SecretStr
 
 from streams import kafka_clients
 from streams.admin import ensure_topics
@@ -121,8 +122,11 @@ class Worker(WorkerProcess):
 
     def __init__(self, settings: Settings, log: Path, datadir: Path) -> None:
         env = {
-            str(f.validation_alias): str(getattr(settings, n))
+            str(f.validation_alias): (
+                value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            )
             for n, f in Settings.model_fields.items()
+            if (value := getattr(settings, n)) is not None  # unset stays unset, not "None"
         }
         env |= {
             "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,

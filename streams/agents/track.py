@@ -116,15 +116,17 @@ async def apply(
             attributed += done
             refused += duplicates + rejects
             later += unmatched
+        # parked now, so that what the next round makes ready can wake them too
+        await tx.park(waiting)
+        metrics.WAITING.inc(len(waiting))
+        waiting = []
         if not woken:
             break
         rounds = [(woken, False)]
     else:
         log.warning("records still waking after %d rounds; the rest wait", MAX_ROUNDS)
-    await tx.park(waiting)
     await tx.park(gone, expired_at=now)
     await tx.write_outbox(deltas(exposed, attributed))
-    metrics.WAITING.inc(len(waiting))
     metrics.EXPIRED.inc(len(gone))
     await rt.dead_letter(refused)
 
