@@ -1,10 +1,11 @@
 """`POST /decide` on the worker's web server: decisions for back ends that are not Python.
 
 Thin: read the body (bounded), the pure request step (`streams.pipeline.requests`), the
-decide stage's own steps on this worker's replicas, then the sticky lookup in Postgres and
-the send to `decisions` (acknowledged before the answer goes out). Requests that arrive
-while a lookup and send are in flight wait for the next one and share it (group commit):
-one Postgres round trip and one acknowledged send per group instead of per request.
+decide stage's own steps on this worker's replicas, then its sticky lookup in Postgres (a
+database outage decides from the weights, as the stage does) and the send to `decisions`
+(acknowledged before the answer goes out). Requests that arrive while a lookup and send are
+in flight wait for the next one and share it (group commit): one Postgres round trip and
+one acknowledged send per group instead of per request.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from streams.agents.decide import _sticky as sticky_lookup  # the decide stage's, fallback too
 from streams.pipeline.decide import Visit, decide_all, prepare_visits, sticky_keys
 from streams.pipeline.requests import (
     MAX_REQUEST_BYTES,
@@ -108,8 +110,7 @@ class HttpDecider:
 
     async def _decide_group(self, visits: list[Visit]) -> list[dict[str, Any]]:
         rt = self.rt
-        keys = sticky_keys(visits)
-        sticky = await (await rt.store()).sticky(keys) if keys else {}
+        sticky = await sticky_lookup(rt, sticky_keys(visits))
         decisions = decide_all(visits, rt.weights, sticky, datetime.now(UTC))
         await rt.send(DECISIONS, ((d["visitor_id"].encode(), d) for d in decisions))
         return decisions

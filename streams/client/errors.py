@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from streams.contracts import Rejected, RejectReason
-from streams.errors import BanditStreamError
+from streams.errors import BanditStreamError, InvalidInput
 
 
-class InvalidVisit(BanditStreamError):
+class InvalidVisit(InvalidInput):
     """A visit the service would dead-letter; `reason` is the dead-letter topic's reason."""
 
     def __init__(self, reason: RejectReason, detail: str) -> None:

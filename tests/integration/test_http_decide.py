@@ -40,7 +40,7 @@ async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[
 async def test_decide_over_http(pipeline: Pipeline) -> None:
     await create_experiment(pipeline, "web")
     await create_experiment(pipeline, "held")
-    await set_status(pipeline.settings, "held", "paused")
+    await set_status(pipeline.settings, "held", "stopped")
     worker = pipeline.worker().start()
     try:
         await asyncio.to_thread(worker.wait_http_ready)
@@ -60,7 +60,7 @@ async def test_decide_over_http(pipeline: Pipeline) -> None:
                     "malformed": b"{not json",
                     "schema": orjson.dumps({"event_id": "x"}),
                     "unknown": orjson.dumps(visit("nope", "v")),
-                    "paused": orjson.dumps(visit("held", "v")),
+                    "stopped": orjson.dumps(visit("held", "v")),
                     "oversized": b"{" + b" " * 70_000 + b"}",
                     "too_large": b"[" + b" " * (1024 * 1024 + 10) + b"]",
                     "duplicate": orjson.dumps([visit("web", "v9"), {**one, "visitor_id": "v"}]),
@@ -90,7 +90,7 @@ async def test_decide_over_http(pipeline: Pipeline) -> None:
         "malformed": (400, "malformed_json"),
         "schema": (400, "schema_violation"),
         "unknown": (404, "unknown_experiment"),
-        "paused": (409, "experiment_not_running"),
+        "stopped": (409, "experiment_not_running"),
         "oversized": (413, "oversized"),
         "too_large": (413, "oversized"),
         "duplicate": (409, "duplicate_event"),

@@ -12,6 +12,7 @@ import pytest
 
 from streams.client import Decision, InvalidVisit, LocalDecider, StickyCache
 from streams.contracts import RejectReason, format_timestamp, validate
+from streams.errors import InvalidInput
 from streams.experiments import ExperimentRegistry, new_experiment_document
 from streams.pipeline.decide import StickyAssignment, decide_all, prepare_visits
 from streams.pipeline.events import Limits, RawEvent, RecentIds
@@ -43,8 +44,8 @@ def _replicas() -> tuple[ExperimentRegistry, WeightsReplica]:
         "loose",
         new_experiment_document("loose", ["x", "y"], context_features=["device"], sticky=False),
     )
-    paused = new_experiment_document("paused", ["a", "b"])
-    registry.apply("paused", {**paused, "status": "paused"})
+    stopped = new_experiment_document("stopped", ["a", "b"])
+    registry.apply("stopped", {**stopped, "status": "stopped"})
     weights = WeightsReplica()
     for segment, probs, version in (
         ("device:mobile|source:instagram", {"a": 0.1, "b": 0.7, "c": 0.2}, 12),
@@ -97,7 +98,7 @@ def test_decisions_equal_the_decide_stage_for_the_same_visits() -> None:
         (b"[1]", RejectReason.NOT_AN_OBJECT),
         (orjson.dumps({"event_id": "x"}), RejectReason.SCHEMA_VIOLATION),
         (orjson.dumps(_visit(1, "nope")), RejectReason.UNKNOWN_EXPERIMENT),
-        (orjson.dumps(_visit(1, "paused")), RejectReason.EXPERIMENT_NOT_RUNNING),
+        (orjson.dumps(_visit(1, "stopped")), RejectReason.EXPERIMENT_NOT_RUNNING),
         (orjson.dumps({**_visit(1), "occurred_at": "2999-01-01T00:00:00Z"}),
          RejectReason.FUTURE_TIMESTAMP),
         (b"{" + b" " * 70_000 + b"}", RejectReason.OVERSIZED),
@@ -109,6 +110,7 @@ def test_refused_visits_raise_with_the_dead_letter_reason(raw: bytes, reason: Re
         decider.decide(raw, NOW)
     assert caught.value.reason == reason
     assert caught.value.detail and str(reason) in str(caught.value)
+    assert isinstance(caught.value, InvalidInput), "the project's 'refuse, never retry' error"
 
 
 def test_the_same_event_id_twice_is_a_duplicate() -> None:
