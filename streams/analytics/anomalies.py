@@ -15,12 +15,30 @@ A_v, and A_v is estimated without bias by Σ_{exposures of v} 1/p² = ipw_weight
 
 is χ²(k - 1) under no mismatch (martingale CLT). With fixed equal propensities 1/k it is
 Neyman's χ² on the exposure counts. Dropped exposures of one variant shrink its W_v below
-the others' (it no longer estimates N) and Q grows with N. As GrowthBook does, the test
+the others' (it no longer estimates N) and Q grows with N, as fast as the noisiest W allows:
+lost exposures of the variant the bandit favours, compared with a starved one whose W is
+very noisy, go unnoticed for a long time. As GrowthBook does, the test
 needs ≥ 5 per cell: here every variant's exposures (only the chosen variant's propensity is
 logged, so the expected count Σ_t π_t(v) is not observable; the observed count stands in
 for it). A variant with no exposure at all while the others have `SRM_EMPTY_VARIANT` is
-reported apart. Checked every few seconds, so the threshold is GrowthBook's p < 0.001
-(Bonferroni-divided over segments), not 0.05.
+reported apart.
+
+Σ 1/p² is a noisy estimate of A_v when v is starved (a few exposures at the floor carry
+all of it; without them it is far too small and Q explodes). Since E[n_v] = Σ_t π_t(v),
+Cauchy–Schwarz gives A_v = Σ_t 1/π_t(v) ≥ N² / Σ_t π_t(v) ≈ N² / n_v (equality for a
+fixed allocation), so A_v is taken as max(Σ 1/p², N² / n_v) with N the exposures of the
+row: never below what the variant's share of the traffic implies.
+
+Measured calibration (`tests/unit/analytics/test_anomalies.py`, 400 seeded runs of 4,000
+visits, 3 segments, the default policy): A/A traffic, P(p < 0.05) = 0.043 for the
+experiment; a hard A/B (the bandit starves the loser), P(p < 0.05) = 0.083 and P(p < 0.001)
+= 0.018: the tail is heavy when a variant is starved, because whether its few floor-level
+exposures happened dominates W_v, and Σ_t 1/π_t(v) over the decisions that did not choose
+it is not observable from the chosen propensities alone. Hence the threshold p < 1e-4 for
+the experiment (GrowthBook uses 1e-3) and 1e-4 / segments per segment (warning only): 1 % of
+A/A runs and 2.5 % of those A/B runs raise a false mismatch somewhere. Logging the decisions
+per weights version (counts with the full allocation vector) would make the expected
+exposures Σ_t π_t(v) exact and the test well calibrated; see the README.
 
 Rate drops compare the period since the oldest `history` snapshot with everything before
 it (disjoint decisions). Far-off segments and spikes are plain thresholds, stated where
@@ -38,7 +56,7 @@ from scipy import stats
 from streams.analytics import fixed
 from streams.analytics.ipw import Cells, ht_rate, log_ratio_independent
 
-SRM_P: Final = 0.001
+SRM_P: Final = 1e-4
 SRM_MIN_PER_VARIANT: Final = 5
 SRM_EMPTY_VARIANT: Final = 1000
 """Exposures of the other variants at which a variant with none is a mismatch."""
@@ -112,12 +130,15 @@ def sample_ratio_mismatch(cells: Cells) -> list[Anomaly]:
         levels += [SRM_P / len(cells.segments)] * len(cells.segments)
     if n.shape[1] < 2:
         return found
-    q, p = srm_statistic(w, w2)
     total = n.sum(axis=1)
-    empty = (n.min(axis=1) == 0) & (total - n.max(axis=1) >= SRM_EMPTY_VARIANT)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        implied = np.where(n > 0, total[:, None] ** 2 / np.where(n > 0, n, 1.0), 0.0)
+    q, p = srm_statistic(w, np.maximum(w2, implied))
+    empty = (n.min(axis=1) == 0) & (total >= SRM_EMPTY_VARIANT)
     testable = (n.min(axis=1) >= SRM_MIN_PER_VARIANT) & np.isfinite(p) & (p < np.array(levels))
     for r in np.nonzero(empty | testable)[0]:
         key = keys[r]
+        severity = "critical" if key == "*" else "warning"
         where = "the experiment" if key == "*" else key
         if empty[r]:
             variant = cells.variants[int(np.argmin(n[r]))]
@@ -134,7 +155,7 @@ def sample_ratio_mismatch(cells: Cells) -> list[Anomaly]:
         worst = int(np.argmax(np.abs(w[r] - median)))
         found.append(
             Anomaly(
-                "sample_ratio_mismatch", "critical",
+                "sample_ratio_mismatch", severity,
                 f"{where}: exposures do not match the logged propensities (χ² = {q[r]:.1f}, "
                 f"p = {p[r]:.1g}); {cells.variants[worst]} accounts for "
                 f"{w[r, worst]:,.0f} decisions against a median {median:,.0f}. "
