@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -15,6 +16,7 @@ from streams.bench.pipeline.traffic import random_context
 from streams.client import DecisionClient, InvalidVisit
 from streams.contracts import RejectReason, format_timestamp
 from streams.settings import Settings
+from streams.sink.experiments import set_status
 from tests.integration.pipeline import (
     DESKTOP_CHROME,
     Pipeline,
@@ -66,11 +68,20 @@ async def _publish_weights(p: Pipeline) -> None:
     )
 
 
+async def _settled(client: DecisionClient, experiment_id: str, timeout: float = 60) -> None:
+    """The worker's first publication of the weights it owns reached the client's replica."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while client.replicas.weights.lookup(experiment_id, "*") is None:
+        assert asyncio.get_running_loop().time() < deadline, f"no weights for {experiment_id}"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)  # and whatever it published with them
+
+
 def _visits(n: int, seed: int) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        experiment = "same" if i % 4 else "loose"
+        experiment = ("loose", "same", "same", "idle")[i % 4]
         doc = visit(experiment, f"visitor-{seed}-{i}")
         doc["context"] = random_context(rng)
         out.append(doc)
@@ -80,12 +91,15 @@ def _visits(n: int, seed: int) -> list[dict[str, Any]]:
 async def test_client_decides_every_visit_as_the_service_does(pipeline: Pipeline) -> None:
     await create_experiment(pipeline, "same", holdout_share=0.1)
     await create_experiment(pipeline, "loose", sticky=False, context_features=["device"])
+    await create_experiment(pipeline, "idle")
+    await set_status(pipeline.settings, "idle", "paused")  # decided, never published: uniform
     await _publish_weights(pipeline)
     worker = pipeline.worker().start()
     try:
         async with DecisionClient(pipeline.settings, publish=False) as client:
             await asyncio.to_thread(worker.wait_http_ready)
             await client.ready()
+            await _settled(client, "loose")
             visits = _visits(3000, seed=1)
             await produce_docs(pipeline, "visits", visits)
             mine = {v["event_id"]: client.decide(v) for v in visits}
@@ -98,7 +112,7 @@ async def test_client_decides_every_visit_as_the_service_does(pipeline: Pipeline
 
     assert len(theirs) == len(visits)
     versions = [(d["weights_version"], mine[d["event_id"]].weights_version) for d in theirs]
-    assert all(a == b for a, b in versions), "the weights did not move during the test"
+    assert all(a == b for a, b in versions), "the weights moved during the test"
     equal = [d for d in theirs if fields(d) == fields(mine[d["event_id"]].as_document())]
     assert len(equal) == len(theirs), [(d, mine[d["event_id"]]) for d in theirs if d not in equal][
         :3
@@ -124,6 +138,18 @@ async def test_client_publishes_its_decisions_and_refuses_what_the_service_refus
     assert sorted(published, key=key) == sorted(decided, key=key)
 
 
+async def _exposure_recorded(url: str, experiment_id: str, visitor_id: str) -> None:
+    """Once the service answers the visitor as sticky: the track stage recorded the exposure."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            body = orjson.dumps(visit(experiment_id, visitor_id))
+            async with session.post(f"{url}/decide", data=body) as response:
+                if (await response.json())["source"] == "sticky":
+                    return
+            await asyncio.sleep(0.1)
+    raise AssertionError("the exposure was not recorded within 30 s")
+
+
 async def test_sticky_visitors_are_asked_of_the_service_then_kept(pipeline: Pipeline) -> None:
     await create_experiment(pipeline, "stick")
     worker = pipeline.worker().start()
@@ -132,9 +158,10 @@ async def test_sticky_visitors_are_asked_of_the_service_then_kept(pipeline: Pipe
         first = visit("stick", "returning", ua=DESKTOP_CHROME, utm_source="google")
         await produce_docs(pipeline, "visits", [first])
         decided = await read(pipeline, "decisions", lambda d: len(d) >= 1)
-        await produce_docs(pipeline, "exposures", [exposure(decided[0], variant="c")])
-        await asyncio.sleep(1.5)  # the track stage writes the exposure log
+        shown = decided[0]["variant_id"]
+        await produce_docs(pipeline, "exposures", [exposure(decided[0])])
         url = f"http://127.0.0.1:{worker.web_port}"
+        await _exposure_recorded(url, "stick", "returning")
         async with DecisionClient(pipeline.settings, service_url=url) as client:
             await client.ready()
             asked = await client.adecide(visit("stick", "returning"))
@@ -142,6 +169,6 @@ async def test_sticky_visitors_are_asked_of_the_service_then_kept(pipeline: Pipe
             fresh = await client.adecide(visit("stick", "newcomer"))
     finally:
         assert worker.stop() == 0
-    assert (asked.variant_id, asked.source, asked.propensity) == ("c", "sticky", 1.0)
-    assert (kept.variant_id, kept.source) == ("c", "sticky")
+    assert (asked.variant_id, asked.source, asked.propensity) == (shown, "sticky", 1.0)
+    assert (kept.variant_id, kept.source) == (shown, "sticky")
     assert fresh.source != "sticky", "a visitor never exposed gets a drawn decision"
