@@ -13,17 +13,17 @@ pytestmark = pytest.mark.unit
 
 
 def test_bench_aa_json_and_false_positive_bound(capsys: pytest.CaptureFixture[str]) -> None:
-    # 60 A/A runs of 10,000 visits in 20 looks (fixed seeds, one process).
-    assert main(["bench", "aa", "--experiments", "60", "--power-runs", "4", "--visits",
-                 "10000", "--batch", "500", "--jobs", "1", "--json"]) == 0  # fmt: skip
+    # 40 A/A runs of 6,000 visits in 12 looks (fixed seeds, one process).
+    assert main(["bench", "aa", "--experiments", "40", "--power-runs", "2", "--visits",
+                 "6000", "--batch", "500", "--jobs", "1", "--json"]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out)
     assert {"experiments", "false_positive_rate", "naive_false_positive_rate",
             "power_20pct_lift"} <= set(result)  # fmt: skip
-    assert result["experiments"] == 60
+    assert result["experiments"] == 40
     # If the family-wise false positive rate is at most α = 0.05, the number of A/A runs
-    # with any decision-grade flag is stochastically below Binomial(60, 0.05): mean 3,
-    # P(X ≥ 9) = 0.0024. So more than 8 of 60 (0.133) means the flags are not valid.
-    assert result["false_positive_rate"] <= 8 / 60
+    # with any decision-grade flag is stochastically below Binomial(40, 0.05): mean 2,
+    # P(X ≥ 7) = 0.0034. So more than 6 of 40 (0.15) means the flags are not valid.
+    assert result["false_positive_rate"] <= 6 / 40
     # the naive repeated z-test is the contrast: it flags far more often than α
     assert result["naive_false_positive_rate"] > result["false_positive_rate"]
     for key in ("false_positive_rate", "naive_false_positive_rate", "power_20pct_lift"):
