@@ -392,6 +392,28 @@ def report(stats: Stats, experiment_id: str) -> list[str]:
     return lines + [f"  PROBLEM: {p}" for p in stats.problems()]
 
 
+def insights(settings: Settings, experiment_id: str, plot_path: Path) -> list[str]:
+    """The recommendations the worker published (the insights topic's record) and a plot."""
+    from streams.analytics.render import plot
+    from streams.cli.report import load
+
+    documents, history, computed = asyncio.run(load(settings, experiment_id))
+    lines = [
+        "recommendations "
+        + ("(computed now: none published yet)" if computed else "published on `insights`:")
+    ]
+    for doc in documents:
+        if doc["kind"] == "recommendation":
+            lines += [f"  - {item['message']}" for item in doc["report"].get("items", [])]
+    anomalies = [d["report"] for d in documents if d["kind"] == "anomaly"]
+    lines += [f"  ! {a.get('message', a.get('kind', 'anomaly'))}" for a in anomalies]
+    lines.append(
+        f"plot: {plot(documents, history, plot_path)}  (`bandit-stream report "
+        f"{experiment_id}` prints the whole report while the services run)"
+    )
+    return lines
+
+
 def _interrupt(signum: int, frame: object) -> None:
     """SIGTERM as Ctrl-C: asyncio.run then cancels its task cleanly (when SIGINT is not ignored)."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
@@ -412,7 +434,9 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     run = uuid.uuid4().hex[:8]  # the run's own experiment, topics and consumer group
     experiment_id, state = f"demo-{run}", settings.state_dir / "demo"
     prefix = f"{settings.topic_prefix}demo-{run}."
-    demo = settings.model_copy(update={"topic_prefix": prefix, "app_id": f"demo-{run}"})
+    demo = settings.model_copy(
+        update={"topic_prefix": prefix, "app_id": f"demo-{run}", "insights_interval_s": 5.0}
+    )
     worker = Worker(demo, state / "worker.log", state / f"data-{run}")
     endpoints: local.Endpoints | None = None
     restore = None
@@ -441,6 +465,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         _say("worker", f"ready at {time.monotonic() - began:.0f} s; traffic (progress on stderr)")
         stats = asyncio.run(drive(demo, experiment_id, seconds, rate, worker))
         print("\n" + "\n".join(report(stats, experiment_id)) + "\n", flush=True)
+        print("\n".join(insights(demo, experiment_id, state / "report.png")) + "\n", flush=True)
         return 1 if stats.problems() else 0
     except KeyboardInterrupt:
         print("\ninterrupted: stopping what the demo started", file=sys.stderr, flush=True)

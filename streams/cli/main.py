@@ -108,6 +108,12 @@ def _experiment(args: argparse.Namespace, settings: Settings) -> int:
     return experiment.main(args, settings)
 
 
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.cli import report
+
+    return report.main(args, settings)
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from streams import demo
 
@@ -172,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     experiment_arguments(experiment)
     experiment.set_defaults(handler=_experiment)
+
+    report = commands.add_parser(
+        "report", help="an experiment's latest lift report, anomalies and recommendations"
+    )
+    from streams.cli.report import add_arguments as report_arguments
+
+    report_arguments(report)
+    report.set_defaults(handler=_report)
 
     bench = commands.add_parser("bench", help="benchmarks that print a table")
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")

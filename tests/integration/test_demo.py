@@ -58,6 +58,9 @@ def test_demo_runs_the_pipeline_and_cleans_up(
     visits, decisions = int(totals.group(1)), int(totals.group(2))
     assert decisions > 0 and decisions == visits, context
     assert re.search(r"dead letters 0\b", out), context
+    # the insights the worker published (every 5 s in the demo), and their plot
+    assert "recommendations published on `insights`:" in out, context
+    assert (tmp_path / "demo" / "report.png").stat().st_size > 10_000
     pid = re.search(r"worker +pid (\d+)", out)
     run = re.search(r"experiment demo-([0-9a-f]{8})", out)
     assert pid is not None and run is not None, context
