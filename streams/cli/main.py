@@ -129,6 +129,10 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         from streams.bench import context
 
         return context.main(args)
+    if args.bench == "learning":
+        from streams.bench import learning
+
+        return learning.main(args)
     if args.bench == "aa":
         from streams.bench import aa
 
@@ -197,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     from streams.bench.context import add_arguments as context_arguments
 
     context_arguments(context_bench)
+    learning_bench = benches.add_parser(
+        "learning", help="exposure sent → counted in a published allocation: p50/p99"
+    )
+    from streams.bench.learning import add_arguments as learning_arguments
+
+    learning_arguments(learning_bench)
     aa_bench = benches.add_parser(
         "aa", help="A/A and A/B runs: false positives and power of the analytics' flags"
     )
