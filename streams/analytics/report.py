@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -24,9 +24,15 @@ from streams.core.snapshot import ExperimentSnapshot
 METHOD = "ipw-asymptotic-confidence-sequence+e-bh"
 
 
+def _utc(moment: datetime) -> datetime:
+    """Aware UTC (a naive datetime is taken as UTC, never an error)."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
 def _ts(moment: datetime) -> str:
-    text = moment.isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
+    return _utc(moment).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _f(x: Any) -> float | None:
@@ -69,7 +75,7 @@ def build_insights(
     earlier_cells = Cells.from_snapshot(earlier, variants) if earlier is not None else None
     rate = None
     if earlier is not None:
-        seconds = (snapshot.taken_at - earlier.taken_at).total_seconds()
+        seconds = (_utc(snapshot.taken_at) - _utc(earlier.taken_at)).total_seconds()
         grown = cells.decisions.sum() - earlier_cells.decisions.sum()  # type: ignore[union-attr]
         rate = grown / seconds if seconds > 0 and grown > 0 else None
     head = {

@@ -69,6 +69,14 @@ def test_no_variants_at_all_is_still_a_report() -> None:
     check(build_insights("exp", (), snapshot({}, variants=()), (), now=T0))
 
 
+def test_naive_datetimes_are_taken_as_utc() -> None:
+    naive = T0.replace(tzinfo=None)
+    snap = snapshot({M: {"a": cell(500, 20), "b": cell(500, 25)}}, at=naive)
+    documents = build_insights("exp", ("a", "b"), snap, [ODD["empty"]], now=naive)
+    check(documents)
+    assert documents[0]["taken_at"] == "2026-11-29T03:00:00.000Z"
+
+
 def big_snapshot(seed: int = 1) -> ExperimentSnapshot:
     rng = np.random.default_rng(seed)
     segments = {}
