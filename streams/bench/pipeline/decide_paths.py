@@ -1,10 +1,11 @@
 """(d) The other two ways to decide, in the same run: in process and over HTTP.
 
-Against one worker on its own topics and database: a `DecisionClient` decides a batch of
-visits in a tight loop (each call timed: first with a few user agents, parsed once and then
-cached, then with a user agent never seen before each time), publishing in the background;
-then a paced, bounded load of `POST /decide` requests (one visit each) goes to the worker's
-web server on 127.0.0.1, on keep-alive connections, each request timed until its answer.
+Against one worker on its own topics and database: a paced, bounded load of `POST /decide`
+requests (one visit each) goes to the worker's web server on 127.0.0.1, on keep-alive
+connections, each request timed until its answer; then a `DecisionClient` decides a batch
+of visits in a tight loop (each call timed: first with a few user agents, parsed once and
+then cached, then with a user agent never seen before each time), publishing in the
+background.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from streams.settings import Settings
 
 CLIENT_WARMUP = 500  # decisions before the timed ones (caches, first allocations)
 UNCACHED_SHARE = 10  # 1 in UNCACHED_SHARE of the client's visits again, with new UAs
+SETTLE_S = 2.0  # between the HTTP load and the client's timed loop
 
 
 def _cuts(samples: list[float], what: str) -> dict[str, float]:
@@ -199,14 +201,17 @@ async def measure_decide_paths(
         client = await stack.enter_async_context(DecisionClient(sc.settings))
         await worker.ready_at()
         await client.ready(timeout=60)
-        progress(f"(d) client: deciding {opts.client_visits:,} visits in process")
-        client_result = measure_client(client, opts.client_visits)
-        if not await client.flush(60):
-            note("(d) the client's decisions were not all acknowledged within 60 s")
-        client_result.acknowledged = client.stats.acknowledged
+        # HTTP first: the client's burst of decisions would keep the worker's track stage
+        # busy recording them while the requests are timed
         progress(
             f"(d) POST /decide: {opts.http_rate:,.0f} requests/s offered for "
             f"{opts.http_duration:g} s"
         )
         http_result = await measure_http(worker, opts.http_rate, opts.http_duration)
+        await asyncio.sleep(SETTLE_S)  # the worker records the last decisions it sent
+        progress(f"(d) client: deciding {opts.client_visits:,} visits in process")
+        client_result = measure_client(client, opts.client_visits)
+        if not await client.flush(60):
+            note("(d) the client's decisions were not all acknowledged within 60 s")
+        client_result.acknowledged = client.stats.acknowledged
     return client_result, http_result
