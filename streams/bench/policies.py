@@ -58,8 +58,8 @@ FIRST_SEED = 20241
 REFRESH_EVERY = 10
 RESETS = "chapelle-li"
 ALL_SCENARIOS = (*SCENARIOS, RESETS)
-DRIFT_DISCOUNT = 0.9
-"""Share of evidence kept per minute in the extra `drift` rows (half-life 6.6 min)."""
+DRIFT_DISCOUNT = 0.97
+"""Share of evidence kept per minute in the extra `drift` rows (half-life 23 min)."""
 
 Row = tuple[str, dict[str, Any]]  # policy name ("thompson": sampled TS), settings
 ROWS: dict[str, Row] = {

@@ -413,7 +413,6 @@ class ResetResult:
     regret: float
     best_share: float
     min_probability: float
-    changes: int
 
 
 def simulate_resets(
@@ -476,5 +475,4 @@ def simulate_resets(
         regret=regret,
         best_share=best_chosen / steps if steps else 0.0,
         min_probability=min_probability if np.isfinite(min_probability) else float("nan"),
-        changes=int(change_steps.size),
     )

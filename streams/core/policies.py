@@ -31,8 +31,8 @@ estimate over those N visits divides by sum to O(N^1.5), so its standard
 error still shrinks (as N^-1/4 at worst, for a target policy that favours the
 least-shown variant); a 1/N decay would cost less but leave that error
 constant. Measured in that benchmark (delay 100, 10^6 steps, 5 seeds):
-regret 1.1x plain Thompson sampling with floor_evidence 50 (1.18x with 100),
-against 2.8x with the fixed floor. With `discount` < 1 the discounted N
+regret 1.12x plain Thompson sampling with floor_evidence 50 (about 1.18x with
+100), against 2.75x with the fixed floor. With `discount` < 1 the discounted N
 levels off (at about visits per minute / -ln(discount)), and so does the
 floor. `floor_evidence` = inf keeps the floor fixed (without the uniform
 mixing the old floor used).

@@ -78,8 +78,8 @@ def test_json_is_one_object_and_nothing_else(capsys: pytest.CaptureFixture[str])
         "global",
         "segment",
         "pooled",
-        "global discount=0.9",
-        "pooled discount=0.9",
+        "global discount=0.97",
+        "pooled discount=0.97",
     ]
     for by_policy in document["scenarios"].values():
         for row in by_policy.values():
