@@ -114,8 +114,17 @@ def _services(base: Settings, keep: bool) -> Iterator[None]:
     if base.kafka_configured and base.database_configured:
         yield
         return
-    progress("starting the local services that are not configured (127.0.0.1)")
     endpoints = local.up(base)
+    progress(
+        "local services (127.0.0.1) for what is not configured: "
+        + ", ".join(
+            f"{name} {'configured' if configured else 'started' if started else 'already running'}"
+            for name, configured, started in (
+                ("kafka", base.kafka_configured, endpoints.started_kafka),
+                ("postgres", base.database_configured, endpoints.started_postgres),
+            )
+        )
+    )
     try:
         yield
     finally:
