@@ -190,3 +190,26 @@ class DecideView(faust.web.View):
         _bind_producer()
         answer = await decide_request(runtime, request)
         return self.bytes(answer.body, content_type="application/json", status=answer.status)
+
+
+# --- the dashboard: live, read-only insights pages (streams/web) -------------------------
+from streams.web import Dashboard  # noqa: E402
+
+# the token rule looks at what the server binds and advertises now (CLI flags included)
+dashboard = Dashboard(runtime, lambda: (app.conf.web_bind, app.conf.web_host))
+cast(Any, app.on_before_shutdown).connect(dashboard.close)
+
+
+@app.page("/dashboard")
+async def dashboard_page(web: Any, request: Any) -> Any:
+    return dashboard.page(request).to_response(web)
+
+
+@app.page("/dashboard/api/state")
+async def dashboard_state(web: Any, request: Any) -> Any:
+    return (await dashboard.state(request)).to_response(web)
+
+
+@app.page("/dashboard/{asset}")
+async def dashboard_asset(web: Any, request: Any, asset: str) -> Any:
+    return dashboard.asset(asset).to_response(web)

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     )
     web_port: int = Field(default=6066, validation_alias="BANDIT_WEB_PORT")
     web_host: str = Field(default="127.0.0.1", validation_alias="BANDIT_WEB_HOST")
+    # the dashboard's token: required when set, and always when web_host is not loopback
+    dashboard_token: SecretStr | None = Field(
+        default=None, validation_alias="BANDIT_DASHBOARD_TOKEN"
+    )
     log_level: str = Field(default="info", validation_alias="BANDIT_LOG_LEVEL")
 
     # --- stages ---
