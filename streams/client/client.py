@@ -142,10 +142,11 @@ class DecisionClient:
         if not self.replicas.ready.is_set():
             msg = "the client has not replicated the experiments yet; await client.ready()"
             raise ClientNotReady(msg)
-        decision = self.decider.decide(visit, datetime.now(UTC))
+        now = datetime.now(UTC)
+        doc = self.decider.document(self.decider.prepare(visit, now), now)
         if self.publisher is not None:
-            self.publisher.publish(decision.as_document())
-        return decision
+            self.publisher.publish(doc)
+        return Decision(**doc)
 
     async def adecide(self, visit: VisitInput) -> Decision:
         """`decide`, except that a visitor of a sticky experiment this client never decided
@@ -162,10 +163,10 @@ class DecisionClient:
             or not prepared.experiment.sticky
             or self.decider.known_sticky(prepared) is not None
         ):
-            decision = self.decider.decide_prepared(prepared, now)
+            doc = self.decider.document(prepared, now)
             if self.publisher is not None:
-                self.publisher.publish(decision.as_document())
-            return decision
+                self.publisher.publish(doc)
+            return Decision(**doc)
         raw = visit if isinstance(visit, bytes) else orjson.dumps(visit)
         decision = await self._ask_service(raw)
         self.decider.remember(prepared, decision.variant_id, decision.segment_key)

@@ -112,13 +112,14 @@ class LocalDecider:
             key = (visit.experiment.experiment_id, visit.visitor_id)
             self.sticky.put(key, StickyAssignment(variant_id, segment))
 
-    def decide_prepared(self, visit: Visit, now: datetime) -> Decision:
+    def document(self, visit: Visit, now: datetime) -> dict[str, Any]:
+        """The decision document of a prepared visit (what the `decisions` topic carries)."""
         sticky = self.known_sticky(visit)
         doc = decide(visit, self.weights, sticky, now)
         if sticky is None:
             self.remember(visit, doc["variant_id"], doc["segment_key"])
-        return Decision(**doc)
+        return doc
 
     def decide(self, visit: Mapping[str, Any] | bytes, now: datetime) -> Decision:
         """The decision for one visit; InvalidVisit if the service would refuse it."""
-        return self.decide_prepared(self.prepare(visit, now), now)
+        return Decision(**self.document(self.prepare(visit, now), now))

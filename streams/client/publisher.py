@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaProducer
 
 from streams.client import kafka
 from streams.settings import Settings
@@ -42,15 +43,14 @@ class DecisionPublisher:
         *,
         linger_ms: int = 5,
         max_pending: int = 100_000,
+        producer: AIOKafkaProducer | None = None,
     ) -> None:
+        """`producer` replaces the one built from the settings (tests inject a stand-in)."""
         self.topic = topic
         self.max_pending = max_pending
         self.stats = PublisherStats()
-        self._producer = kafka.producer(
-            settings,
-            acks="all",
-            linger_ms=linger_ms,
-            max_batch_size=256 * 1024,
+        self._producer = producer or kafka.producer(
+            settings, acks="all", linger_ms=linger_ms, max_batch_size=256 * 1024
         )
         self._queue: deque[dict[str, Any]] = deque()
         self._wakeup = asyncio.Event()
