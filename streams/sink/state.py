@@ -495,6 +495,13 @@ class LearnBatch:
             [rows[k].first_seen for k in keys],
             [rows[k].last_seen for k in keys],
         )
+        segments = sorted({(k[0], k[1]) for k in keys})
+        await self.conn.execute(  # context_segments: the analysts' per-segment totals
+            "SELECT count(update_segment_stats(e, s)) FROM unnest($1::text[], $2::text[]) "
+            "AS k(e, s)",
+            [k[0] for k in segments],
+            [k[1] for k in segments],
+        )
 
 
 _STATS_FIELDS = (

@@ -98,3 +98,16 @@ async def test_restart_mid_stream_leaves_counts_exact(pipeline: Pipeline, stop: 
     assert mid[0] < 6000 or stop == "sigterm", "kill -9 hit the stream mid-way"
     assert _totals(final) == (6000, 600), second.log_text()[-3000:]
     assert final == expected, "every (segment, variant) exact, not just the totals"
+    conn = await asyncpg.connect(pipeline.settings.database_dsn)
+    try:
+        rows = await conn.fetch("SELECT segment_key, exposures, conversions FROM context_segments")
+    finally:
+        await conn.close()
+    per_segment: dict[str, list[int]] = {}
+    for (segment, _), (n, c) in expected.items():
+        per_segment.setdefault(segment, [0, 0])
+        per_segment[segment][0] += n
+        per_segment[segment][1] += c
+    assert {r["segment_key"]: [r["exposures"], r["conversions"]] for r in rows} == per_segment, (
+        "context_segments keeps each segment's totals in step (update_segment_stats)"
+    )
