@@ -23,7 +23,7 @@ from streams.analytics.report import build_insights
 from streams.core.snapshot import ExperimentSnapshot
 from streams.experiments import Experiment
 from streams.pipeline.events import RawEvent
-from streams.pipeline.learn import HEARTBEAT_S, allocations, decayed_to, discount_of, to_publish
+from streams.pipeline.learn import HEARTBEAT_S, allocations, discount_of, to_publish
 from streams.pipeline.replica import allocation_key
 from streams.runtime import Runtime
 from streams.topics import ALLOCATIONS, INSIGHTS
@@ -127,9 +127,8 @@ class Publisher:
     async def publish(self, experiment: Experiment, heartbeat: bool) -> int:
         eid = experiment.experiment_id
         store = await self.rt.store()
-        async with store.snapshot(eid, experiment.variant_ids) as snap:
-            snapshot = decayed_to(snap.snapshot, discount_of(experiment))
-            docs = allocations(experiment, snapshot, snap.version)
+        async with store.snapshot(eid, experiment.variant_ids, discount_of(experiment)) as snap:
+            docs = allocations(experiment, snap.snapshot, snap.version)
             published = self.published.setdefault(eid, {})
             keys = to_publish(docs, published, self.rt.settings.weights_min_change, heartbeat)
             await self.rt.send(

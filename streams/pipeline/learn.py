@@ -97,33 +97,16 @@ def fold(
     return out
 
 
-def decayed_to(snapshot: ExperimentSnapshot, discount: float) -> ExperimentSnapshot:
-    """Effective counts of a snapshot as they weigh at `taken_at` (rows decay by age)."""
-    if discount >= 1.0:
-        return snapshot
+def as_of(row: OwnedRow, at: datetime, discount: float) -> VariantStats:
+    """A row's stats at `at`: its effective counts decayed from its own `decayed_at`."""
+    factor = decay_factor(discount, (at - row.decayed_at).total_seconds())
+    if factor == 1.0:
+        return row.stats
     return replace(
-        snapshot,
-        segments={
-            key: replace(
-                seg,
-                variants={
-                    v: replace(
-                        stats,
-                        effective_exposures=stats.effective_exposures * f,
-                        effective_conversions=stats.effective_conversions * f,
-                    )
-                    for v, stats in seg.variants.items()
-                    for f in (_factor(discount, snapshot.taken_at, seg),)
-                },
-            )
-            for key, seg in snapshot.segments.items()
-        },
+        row.stats,
+        effective_exposures=row.stats.effective_exposures * factor,
+        effective_conversions=row.stats.effective_conversions * factor,
     )
-
-
-def _factor(discount: float, at: datetime, seg: SegmentSnapshot) -> float:
-    since = seg.last_seen or at
-    return decay_factor(discount, (at - since).total_seconds())
 
 
 # ------------------------------------------------------------------ allocations

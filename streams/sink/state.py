@@ -28,7 +28,7 @@ from streams.contracts import parse_timestamp
 from streams.core.snapshot import ExperimentSnapshot, SegmentSnapshot, VariantStats
 from streams.pipeline.decide import StickyAssignment
 from streams.pipeline.events import RawEvent
-from streams.pipeline.learn import OwnedRow, RowKey
+from streams.pipeline.learn import OwnedRow, RowKey, as_of
 from streams.pipeline.track import (
     Attributed,
     DecisionRecord,
@@ -654,8 +654,13 @@ class StateStore:
         }
 
     async def read_snapshot(
-        self, conn: asyncpg.Connection, experiment_id: str, variant_ids: tuple[str, ...]
+        self,
+        conn: asyncpg.Connection,
+        experiment_id: str,
+        variant_ids: tuple[str, ...],
+        discount: float = 1.0,
     ) -> ExperimentSnapshot:
+        """Every segment of the experiment, effective counts decayed to the snapshot's time."""
         rows = await conn.fetch(
             """
             SELECT *, now() AS taken_at FROM variant_segment_state WHERE experiment_id = $1
@@ -675,10 +680,11 @@ class StateStore:
         by_segment: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         for r in rows:
             by_segment[r["segment_key"]].append(r)
+        taken_at = waiting["taken_at"]
         segments = {
             key: SegmentSnapshot(
                 key,
-                {r["variant_id"]: _owned(r).stats for r in seg},
+                {r["variant_id"]: as_of(_owned(r), taken_at, discount) for r in seg},
                 min(r["first_seen"] for r in seg),
                 max(r["last_seen"] for r in seg),
             )
@@ -687,19 +693,21 @@ class StateStore:
         return ExperimentSnapshot(
             experiment_id,
             variant_ids,
-            waiting["taken_at"],
+            taken_at,
             segments,
             unattributed_conversions=int(waiting["conversions"]),
             expired_exposures=int(waiting["exposures"]),
         )
 
-    async def current_snapshot(self, experiment_id: str, variant_ids: tuple[str, ...]) -> Snapshot:
+    async def current_snapshot(
+        self, experiment_id: str, variant_ids: tuple[str, ...], discount: float = 1.0
+    ) -> Snapshot:
         """The experiment's snapshot now, with the last version published (read only)."""
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             version = await conn.fetchval(
                 "SELECT version FROM allocation_versions WHERE experiment_id = $1", experiment_id
             )
-            snapshot = await self.read_snapshot(conn, experiment_id, variant_ids)
+            snapshot = await self.read_snapshot(conn, experiment_id, variant_ids, discount)
         return Snapshot(snapshot, int(version or 0))
 
     async def record_insights(self, documents: Sequence[Mapping[str, Any]]) -> None:
@@ -723,7 +731,7 @@ class StateStore:
 
     @asynccontextmanager
     async def snapshot(
-        self, experiment_id: str, variant_ids: tuple[str, ...]
+        self, experiment_id: str, variant_ids: tuple[str, ...], discount: float = 1.0
     ) -> AsyncIterator[Snapshot]:
         """Lock the experiment's version row, read every segment, yield the next version.
 
@@ -742,7 +750,8 @@ class StateStore:
             )
             assert row is not None
             version = int(row["version"]) + 1
-            yield Snapshot(await self.read_snapshot(conn, experiment_id, variant_ids), version)
+            snapshot = await self.read_snapshot(conn, experiment_id, variant_ids, discount)
+            yield Snapshot(snapshot, version)
             await conn.execute(
                 "UPDATE allocation_versions SET version = $2, published_at = now() "
                 "WHERE experiment_id = $1",

@@ -14,7 +14,7 @@ from streams.pipeline.learn import (
     Delta,
     OwnedRow,
     allocations,
-    decayed_to,
+    as_of,
     fold,
     to_publish,
 )
@@ -142,10 +142,9 @@ def test_to_publish_sends_what_moved_and_everything_on_a_heartbeat() -> None:
     assert to_publish(docs, {}, 0.005, heartbeat=False) == ["s1", "s2"]
 
 
-def test_a_snapshot_decays_each_segment_from_its_last_update() -> None:
-    seg = SegmentSnapshot("s", {"a": _stats(100, 10)}, NOW, NOW - timedelta(minutes=1))
-    snap = ExperimentSnapshot("exp", ("a",), NOW, {"s": seg})
-    decayed = decayed_to(snap, 0.5).segments["s"].stats("a")
-    assert decayed.effective_exposures == pytest.approx(50.0)
-    assert decayed.exposures == 100  # raw counts are never discounted
-    assert decayed_to(snap, 1.0) is snap
+def test_a_row_is_read_decayed_from_its_own_last_update() -> None:
+    row = OwnedRow(_stats(100, 10), NOW - timedelta(minutes=1), NOW, NOW)
+    stats = as_of(row, NOW, 0.5)
+    assert (stats.effective_exposures, stats.effective_conversions) == (50.0, 5.0)
+    assert stats.exposures == 100  # raw counts are never discounted
+    assert as_of(row, NOW, 1.0) is row.stats
