@@ -60,8 +60,11 @@
   const finite = (x) => typeof x === "number" && Number.isFinite(x);
   const int = (x) => (finite(x) ? Math.round(x).toLocaleString("en-US") : "–");
 
-  function pct(x, digits = 2) {
-    return finite(x) ? (100 * x).toFixed(digits) + " %" : "–";
+  // a rate: two decimals below 10 %, one above
+  function pct(x, digits) {
+    if (!finite(x)) return "–";
+    const d = digits ?? (Math.abs(x) < 0.1 ? 2 : 1);
+    return (100 * x).toFixed(d) + " %";
   }
 
   function signed(x) {
@@ -71,9 +74,11 @@
     return (v > 0 ? "+" : v < 0 ? "−" : "±") + Math.abs(v).toFixed(digits) + " %";
   }
 
+  // "[low … high %]": the unit once
   function interval(pair, format) {
     if (!pair || !finite(pair[0]) || !finite(pair[1])) return "";
-    return "[" + format(pair[0]) + ", " + format(pair[1]) + "]";
+    const strip = (text) => text.replace(/ %$/, "");
+    return "[" + strip(format(pair[0])) + " … " + format(pair[1]) + "]";
   }
 
   function ago(iso) {
@@ -254,7 +259,8 @@
     const g = r.global;
     const card = (label, value, note, testid) => h("div", { class: "card" },
       h("div", { class: "label" }, label),
-      h("div", { class: "value", "data-testid": testid || null }, value),
+      h("div", { class: "value", "data-testid": testid || null,
+        "data-taken-at": testid === "snapshot" ? lift.taken_at : null }, value),
       note ? h("div", { class: "note" }, note) : null);
     return h("section", { class: "summary" },
       card("decisions", int(g.decisions), r.segments.length + " segments"),
@@ -292,9 +298,10 @@
           name(exp, item.variant_id) + " " + pct(item.rate) + " vs "
             + (item.versus === "*" ? "its global " : name(exp, item.versus) + " ")
             + pct(item.versus_rate),
-          "lift " + signed(item.lift) + " " + interval(item.interval, signed),
+          finite(item.lift) ? "lift " + signed(item.lift) + " " + interval(item.interval, signed)
+            : null,
           "n = " + int(item.n),
-        ];
+        ].filter(Boolean);
         const missing = item.missing || {};
         if (finite(missing.more_decisions)) numbers.push("needs ~" + int(missing.more_decisions)
           + " more decisions");
@@ -336,7 +343,7 @@
       h("div", { class: "split" },
         h("div", { class: "chart-box" },
           h("div", { class: "chart-title" }, "allocation over time"),
-          allocationChart(exp, history, 420, 150)),
+          allocationChart(exp, history, 360, 150)),
         h("div", { class: "table-box" },
           variantTable(exp, report.global.variants, scale, false),
           comparisons(exp, report.global.comparisons))),
@@ -363,7 +370,7 @@
       h("div", { class: "split" },
         charted.has(seg.segment_key) ? h("div", { class: "chart-box" },
           h("div", { class: "chart-title" }, "allocation over time"),
-          allocationChart(exp, points(exp, seg.segment_key), 300, 120)) : null,
+          allocationChart(exp, points(exp, seg.segment_key), 250, 120)) : null,
         h("div", { class: "table-box" },
           variantTable(exp, seg.variants, scale, true),
           comparisons(exp, seg.comparisons))))) : h("p", { class: "dim" },
@@ -373,12 +380,13 @@
   function variantTable(exp, cells, scale, inSegment) {
     const head = ["variant", "exposures", "conversions", "share", "observed",
       "rate [always-valid]", ""];
-    if (inSegment) head.push("vs its global rate", "flag");
+    if (inSegment) head.push("vs the variant's global rate");
     return h("table", { class: "variants" },
       h("thead", {}, h("tr", {}, head.map((t) => h("th", {}, t)))),
       h("tbody", {}, cells.map((c) => h("tr", { "data-variant": c.variant_id },
         h("td", { class: "name" }, swatch(colour(exp, c.variant_id)),
-          name(exp, c.variant_id)),
+          name(exp, c.variant_id),
+          inSegment && c.flag ? [" ", pill(c.flag.replace("_", " "), "flag-" + c.flag)] : null),
         h("td", { class: "num" }, int(c.exposures)),
         h("td", { class: "num" }, int(c.conversions)),
         h("td", { class: "num share" }, shareBar(exp, c), pct(c.share, 0)),
@@ -387,15 +395,19 @@
         h("td", { class: "num" }, pct(c.rate), " ",
           h("span", { class: "dim" }, interval(c.rate_interval, (x) => pct(x)))),
         h("td", {}, intervalBar(exp, c, scale)),
-        inSegment ? h("td", { class: "num" }, signed(c.lift_vs_global), " ",
-          h("span", { class: "dim" }, interval(c.lift_interval, signed))) : null,
-        inSegment ? h("td", {}, c.flag ? pill(c.flag.replace("_", " "), "flag-" + c.flag)
-          : c.tested ? h("span", { class: "dim" }, "—") : h("span", { class: "dim" },
-            "too few")) : null))));
+        inSegment ? h("td", { class: "num" + (c.tested ? "" : " untested"),
+          title: c.tested ? null : "too few samples for the guards: not tested" },
+        signed(c.lift_vs_global), " ", h("span", { class: "dim" },
+          interval(c.lift_interval, signed)), c.tested ? null : [" ", pill("too few", "notyet")])
+          : null))));
   }
 
   function comparisons(exp, list) {
     if (!list || !list.length) return null;
+    if (!list.some((c) => c.tested)) {
+      return h("div", { class: "comparisons dim" },
+        "variant vs variant: too few samples yet on both sides");
+    }
     return h("div", { class: "comparisons" }, list.map((c) => h("div", {
       class: "comparison" + (c.decision_grade ? " grade" : ""),
     }, h("b", {}, name(exp, c.variant_id)), " vs ", h("b", {}, name(exp, c.versus)), " ",
@@ -406,7 +418,7 @@
 
   // ---- drawings ---------------------------------------------------------------------------
   function shareBar(exp, cell) {
-    const w = 48;
+    const w = 40;
     const svg = s("svg", { width: w, height: 8, class: "sharebar", "aria-hidden": "true" },
       s("rect", { x: 0, y: 0, width: w, height: 8, rx: 2, class: "track" }));
     if (finite(cell.share)) {
@@ -417,7 +429,7 @@
   }
 
   function intervalBar(exp, cell, scale) {
-    const w = 140;
+    const w = 96;
     const x = (v) => 4 + (w - 8) * Math.min(1, Math.max(0, v / scale));
     const svg = s("svg", { width: w, height: 14, class: "intervalbar", role: "img",
       "aria-label": "rate " + pct(cell.rate) + " " + interval(cell.rate_interval, pct) },
