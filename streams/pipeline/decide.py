@@ -137,7 +137,7 @@ def decide(
         else:
             entry, own_segment = found
             version = entry.version
-            source = entry.source if own_segment else "global"
+            source = entry.source if own_segment or entry.source == "uniform" else "global"
         index, propensity = entry.weights.choose(
             deterministic_uniform(experiment.experiment_id, visit.event_id)
         )
