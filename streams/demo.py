@@ -114,7 +114,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--seconds", type=float, default=60.0, help="traffic duration (default 60; 5..3600)")
     add("--rate", type=float, default=300.0, help="visits per second (default 300; 1..2000)")
-    add("--keep-services", action="store_true", help="leave the local services running")
+    add(
+        "--keep-services",
+        action="store_true",
+        help="leave the local services running (at a terminal, the worker and its dashboard "
+        "too, until Ctrl-C)",
+    )
 
 
 class Worker(WorkerProcess):
@@ -425,6 +430,20 @@ def _say(step: str, text: str) -> None:
     print(f"  {step:<10} {text}", flush=True)
 
 
+def _keep_dashboard(worker: Worker, url: str) -> None:
+    """--keep-services at a terminal: the worker, and so its dashboard, stays up until Ctrl-C
+    (a run without a terminal ends as usual, so that scripts never wait for a key)."""
+    if not sys.stdin.isatty():
+        return
+    _say("dashboard", f"{url} stays up: Ctrl-C stops the worker (the services stay)")
+    try:
+        while worker.returncode is None:
+            time.sleep(0.5)
+        _say("worker", f"exited by itself ({worker.returncode}); see {worker.log}")
+    except KeyboardInterrupt:
+        print(file=sys.stderr, flush=True)
+
+
 def main(args: argparse.Namespace, settings: Settings) -> int:
     seconds = min(max(float(args.seconds), 5.0), 3600.0)
     rate = min(max(float(args.rate), 1.0), 2000.0)
@@ -463,9 +482,14 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         _say("worker", f"pid {worker.start()}, log {worker.log}")
         worker.wait_ready(120.0, 0.3)
         _say("worker", f"ready at {time.monotonic() - began:.0f} s; traffic (progress on stderr)")
+        dashboard = f"http://127.0.0.1:{worker.web_port}/dashboard"
+        token = "?token=<BANDIT_DASHBOARD_TOKEN>" if demo.dashboard_token else ""
+        _say("dashboard", f"{dashboard}{token} (live while the worker runs)")
         stats = asyncio.run(drive(demo, experiment_id, seconds, rate, worker))
         print("\n" + "\n".join(report(stats, experiment_id)) + "\n", flush=True)
         print("\n".join(insights(demo, experiment_id, state / "report.png")) + "\n", flush=True)
+        if args.keep_services:
+            _keep_dashboard(worker, dashboard + token)
         return 1 if stats.problems() else 0
     except KeyboardInterrupt:
         print("\ninterrupted: stopping what the demo started", file=sys.stderr, flush=True)
