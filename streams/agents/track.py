@@ -33,7 +33,7 @@ from streams.pipeline.track import (
     join_decisions,
 )
 from streams.runtime import Runtime
-from streams.sink.state import Outgoing, TrackBatch
+from streams.sink.batches import Outgoing, TrackBatch
 from streams.topics import CONVERSIONS, DECISIONS, EXPOSURES, SEGMENT_DELTAS
 
 STAGE = "track"
