@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 import orjson
 
 from streams.client.decider import Decision, LocalDecider
@@ -28,6 +30,8 @@ from streams.contracts import RejectReason
 from streams.pipeline.events import Limits
 from streams.settings import Settings, get_settings
 from streams.topics import DECISIONS, topic_name
+
+log = logging.getLogger("bandit_stream.client")
 
 VisitInput = Mapping[str, Any] | bytes
 """A visit (schemas/visits.schema.json) as a mapping, or as the JSON bytes of one."""
@@ -73,6 +77,7 @@ class DecisionClient:
         )
         self._replica_task: asyncio.Task[None] | None = None
         self._session: Any = None  # aiohttp.ClientSession, only with a service_url
+        self.service_fallbacks = 0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -96,8 +101,6 @@ class DecisionClient:
             replicate_forever(self.settings, self.replicas), name="decision-client-replicas"
         )
         if self.service_url is not None:
-            import aiohttp
-
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
 
     async def ready(self, timeout: float | None = 60.0) -> None:
@@ -151,7 +154,10 @@ class DecisionClient:
     async def adecide(self, visit: VisitInput) -> Decision:
         """`decide`, except that a visitor of a sticky experiment this client never decided
         for is asked of the service (`service_url`), which knows every exposure; the
-        service publishes that decision itself. Without a service_url, same as `decide`.
+        service publishes that decision itself. Without a service_url, same as `decide`;
+        when the service does not answer, decided here from the weights (as the service
+        itself does when its exposure log is out of reach) and counted in
+        `service_fallbacks`.
         """
         if not self.replicas.ready.is_set():
             msg = "the client has not replicated the experiments yet; await client.ready()"
@@ -168,16 +174,28 @@ class DecisionClient:
                 self.publisher.publish(doc)
             return Decision(**doc)
         raw = visit if isinstance(visit, bytes) else orjson.dumps(visit)
-        decision = await self._ask_service(raw)
+        try:
+            decision = await self._ask_service(raw)
+        except (ServiceAnswerError, TimeoutError) as exc:
+            self.service_fallbacks += 1
+            log.warning("%s; decided here, from the weights", exc)
+            doc = self.decider.document(prepared, now)
+            if self.publisher is not None:
+                self.publisher.publish(doc)
+            return Decision(**doc)
         self.decider.remember(prepared, decision.variant_id, decision.segment_key)
         return decision
 
     async def _ask_service(self, raw: bytes) -> Decision:
         url = f"{self.service_url}/decide"
         headers = {"content-type": "application/json"}
-        async with self._session.post(url, data=raw, headers=headers) as response:
-            body = await response.read()
-            status = int(response.status)
+        try:
+            async with self._session.post(url, data=raw, headers=headers) as response:
+                body = await response.read()
+                status = int(response.status)
+        except aiohttp.ClientError as exc:
+            msg = f"POST {url} failed: {exc!r}"
+            raise ServiceAnswerError(msg) from exc
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:

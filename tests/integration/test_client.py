@@ -28,6 +28,7 @@ from tests.integration.pipeline import (
     read,
     visit,
 )
+from tests.integration.workers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -167,8 +168,15 @@ async def test_sticky_visitors_are_asked_of_the_service_then_kept(pipeline: Pipe
             asked = await client.adecide(visit("stick", "returning"))
             kept = client.decide(visit("stick", "returning"))
             fresh = await client.adecide(visit("stick", "newcomer"))
+        gone = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        async with DecisionClient(pipeline.settings, service_url=gone, publish=False) as alone:
+            await alone.ready()
+            fallback = await alone.adecide(visit("stick", "returning"))
     finally:
         assert worker.stop() == 0
     assert (asked.variant_id, asked.source, asked.propensity) == (shown, "sticky", 1.0)
     assert (kept.variant_id, kept.source) == (shown, "sticky")
     assert fresh.source != "sticky", "a visitor never exposed gets a drawn decision"
+    assert fallback.source != "sticky" and alone.service_fallbacks == 1, (
+        "without an answer from the service, decided from the weights"
+    )
