@@ -67,9 +67,12 @@
     return (100 * x).toFixed(d) + " %";
   }
 
+  // a lift: one decimal below 10 %, none above, and "> +1000 %" beyond (intervals of tiny
+  // samples reach astronomical bounds that say nothing more)
   function signed(x) {
     if (!finite(x)) return "–";
     const v = 100 * x;
+    if (v > 1000) return "> +1000 %";
     const digits = Math.abs(v) < 10 ? 1 : 0;
     return (v > 0 ? "+" : v < 0 ? "−" : "±") + Math.abs(v).toFixed(digits) + " %";
   }
@@ -294,26 +297,16 @@
     return h("section", { class: "panel recommendations" },
       h("h2", {}, "Recommendations ", h("span", { class: "count" }, String(items.length))),
       items.length ? h("ul", {}, sorted.map((item) => {
-        const numbers = [
-          name(exp, item.variant_id) + " " + pct(item.rate) + " vs "
-            + (item.versus === "*" ? "its global " : name(exp, item.versus) + " ")
-            + pct(item.versus_rate),
-          finite(item.lift) ? "lift " + signed(item.lift) + " " + interval(item.interval, signed)
-            : null,
-          "n = " + int(item.n),
-        ].filter(Boolean);
+        // the message states the numbers (rates, lift and interval, n, what is missing)
         const missing = item.missing || {};
-        if (finite(missing.more_decisions)) numbers.push("needs ~" + int(missing.more_decisions)
-          + " more decisions");
-        if (finite(missing.eta_seconds)) numbers.push("ETA " + duration(missing.eta_seconds));
-        if (missing.samples) numbers.push(missing.samples);
         return h("li", { class: "recommendation " + item.status },
           h("div", {}, pill(item.action, "action-" + item.action), " ",
             segmentLabel(item.segment_key), " ",
             item.status === "decision_grade" ? pill("decision-grade", "grade")
-              : pill("not yet", "notyet")),
-          h("div", { class: "message" }, item.message),
-          h("div", { class: "numbers" }, numbers.join(" · ")));
+              : pill("not yet", "notyet"),
+            finite(missing.eta_seconds) ? h("span", { class: "dim" },
+              " ETA " + duration(missing.eta_seconds)) : null),
+          h("div", { class: "message" }, item.message));
       })) : h("p", { class: "dim" }, "No recommendation in the latest report."));
   }
 
@@ -361,7 +354,10 @@
       b.decisions - a.decisions || a.segment_key.localeCompare(b.segment_key));
     const charted = new Set(exp.charted_segments);
     return h("section", { class: "segments" },
-      h("h2", {}, "Segments ", h("span", { class: "count" }, String(segments.length))),
+      h("h2", {}, "Segments ", h("span", { class: "count" }, String(segments.length)),
+        h("span", { class: "h2-note" }, "largest first · a lift in grey is not tested yet (below "
+          + "the guards) · allocation: each variant's share of the segment's exposures at each "
+          + "lift report")),
       segments.length ? segments.map((seg) => h("article", {
         class: "segment", "data-segment": seg.segment_key,
       },
@@ -380,7 +376,7 @@
   function variantTable(exp, cells, scale, inSegment) {
     const head = ["variant", "exposures", "conversions", "share", "observed",
       "rate [always-valid]", ""];
-    if (inSegment) head.push("vs the variant's global rate");
+    if (inSegment) head.push("lift vs its global rate");
     return h("table", { class: "variants" },
       h("thead", {}, h("tr", {}, head.map((t) => h("th", {}, t)))),
       h("tbody", {}, cells.map((c) => h("tr", { "data-variant": c.variant_id },
@@ -398,8 +394,7 @@
         inSegment ? h("td", { class: "num" + (c.tested ? "" : " untested"),
           title: c.tested ? null : "too few samples for the guards: not tested" },
         signed(c.lift_vs_global), " ", h("span", { class: "dim" },
-          interval(c.lift_interval, signed)), c.tested ? null : [" ", pill("too few", "notyet")])
-          : null))));
+          interval(c.lift_interval, signed))) : null))));
   }
 
   function comparisons(exp, list) {
