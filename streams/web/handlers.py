@@ -65,11 +65,12 @@ class Reply:
 
     def to_response(self, web: Any) -> Any:
         """The faust web response (`web`: the `web` argument of an `@app.page` handler)."""
+        text = self.content_type.startswith("text/") or self.content_type.endswith("json")
+        content_type = f"{self.content_type}; charset=utf-8" if text else self.content_type
         return web.bytes(
             self.body,
-            content_type=self.content_type,
             status=self.status,
-            headers={**SECURITY_HEADERS, **self.headers},
+            headers={**SECURITY_HEADERS, **self.headers, "Content-Type": content_type},
         )
 
 

@@ -161,3 +161,4 @@ def test_every_answer_carries_the_security_headers() -> None:
         assert response["headers"][name] == value
     assert "default-src 'none'" in response["headers"]["Content-Security-Policy"]
     assert response["headers"]["Referrer-Policy"] == "no-referrer"
+    assert response["headers"]["Content-Type"] == "text/html; charset=utf-8"
