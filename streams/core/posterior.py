@@ -210,8 +210,7 @@ not held back once a few conversions are in."""
 
 _FIT_ITERATIONS = 12
 _REFIT_ROUNDS = 2
-_GAUSS_HERMITE_NODES = np.array([-np.sqrt(3.0), 0.0, np.sqrt(3.0)])
-_GAUSS_HERMITE_WEIGHTS = np.array([1.0, 4.0, 1.0]) / 6.0
+_NODE_COUNT = 3
 _LOG_HETEROGENEITY_PRIOR = 0.5 * np.log(HETEROGENEITY_GRID)  # uniform in nu, on a log grid
 _RATE_CLIP = 1e-6
 
@@ -227,8 +226,9 @@ class PoolingEstimate:
     `variant_rates`: rate_i for a segment of average baseline, so a variant
     shown mostly to low-converting segments is not mistaken for a bad one.
     `heterogeneity`: posterior mean of nu^2. `heterogeneity_nodes`/`_weights`:
-    a 3-point Gauss-Hermite rule over the posterior of log nu^2, over which
-    the pooled policy averages P(best) (the hyperparameter is uncertain).
+    three equal-weight nodes, one per third of the posterior of nu^2 by mass
+    (`_posterior_nodes`), over which the pooled policy averages P(best) (the
+    hyperparameter is uncertain).
     `rate_numerators` / `rate_denominators`: the weighted sums behind
     `variant_rates` (see `leave_out`).
     """
@@ -317,21 +317,34 @@ def pooling_from_arrays(exposures: np.ndarray, conversions: np.ndarray) -> Pooli
         heterogeneity = float(posterior @ HETEROGENEITY_GRID)
         cell_weight = 1.0 / (1.0 + heterogeneity * exposures * np.outer(baseline, rates))
     baseline, numerators, denominators = _fit(exposures, conversions, cell_weight)
-    log_grid = np.log(HETEROGENEITY_GRID)
-    log_mean = float(posterior @ log_grid)
-    log_sd = float(np.sqrt(posterior @ (log_grid - log_mean) ** 2))
+    nodes, weights = _posterior_nodes(posterior)
     return PoolingEstimate(
         variant_rates=_clip_rates(numerators / denominators),
         heterogeneity=float(posterior @ HETEROGENEITY_GRID),
-        heterogeneity_nodes=np.clip(
-            np.exp(log_mean + log_sd * _GAUSS_HERMITE_NODES),
-            HETEROGENEITY_GRID[0],
-            HETEROGENEITY_GRID[-1],
-        ),
-        heterogeneity_weights=_GAUSS_HERMITE_WEIGHTS.copy(),
+        heterogeneity_nodes=nodes,
+        heterogeneity_weights=weights,
         rate_numerators=numerators,
         rate_denominators=denominators,
     )
+
+
+def _posterior_nodes(posterior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Three nodes of equal weight for the posterior of nu^2 on the grid: its thirds by
+    mass, each at the mean of log nu^2 within it (a grid point split between two thirds
+    counts in both by its shares). Unlike a Gauss-Hermite rule from the mean and sd of
+    log nu^2, this follows the posterior's real shape: with little data it has a long
+    thin tail toward 0 (no heterogeneity cannot be ruled out, nor is it likely), which a
+    symmetric rule would weigh at 1/6, giving that share of every segment's traffic to
+    the experiment-wide favourite."""
+    log_grid = np.log(HETEROGENEITY_GRID)
+    upper = np.cumsum(posterior)
+    lower = upper - posterior
+    nodes = np.empty(_NODE_COUNT)
+    for third in range(_NODE_COUNT):
+        start, stop = third / _NODE_COUNT, (third + 1) / _NODE_COUNT
+        mass = np.clip(np.minimum(upper, stop) - np.maximum(lower, start), 0.0, None)
+        nodes[third] = float(mass @ log_grid / mass.sum())
+    return np.exp(nodes), np.full(_NODE_COUNT, 1.0 / _NODE_COUNT)
 
 
 def _clip_rates(rates: np.ndarray) -> np.ndarray:

@@ -224,3 +224,27 @@ def test_heterogeneity_stops_the_most_shown_variant_from_setting_the_baseline() 
     random_effect = segment_baseline(segment, rates, heterogeneity=0.1)
     assert fixed_effect > 1.9
     assert 1.0 < random_effect < 1.6
+
+
+def test_heterogeneity_nodes_follow_the_posterior_by_thirds() -> None:
+    from streams.core.posterior import HETEROGENEITY_GRID, _posterior_nodes
+
+    # All mass on one grid point: every third is that point.
+    point = np.zeros(HETEROGENEITY_GRID.size)
+    point[10] = 1.0
+    nodes, weights = _posterior_nodes(point)
+    assert np.allclose(nodes, HETEROGENEITY_GRID[10], rtol=1e-12)
+    assert np.allclose(weights, 1 / 3)
+    # A third of the mass on each of three points: one node on each.
+    three = np.zeros(HETEROGENEITY_GRID.size)
+    three[[2, 12, 20]] = 1 / 3
+    nodes, _ = _posterior_nodes(three)
+    assert np.allclose(nodes, HETEROGENEITY_GRID[[2, 12, 20]], rtol=1e-9)
+    # A thin tail toward 0 (5 % of the mass spread over the lowest 10 points) moves the
+    # lowest node only a little: a rule built from the mean and sd of log nu^2 would put
+    # 1/6 of the weight far out in that tail.
+    tail = np.zeros(HETEROGENEITY_GRID.size)
+    tail[:10] = 0.005
+    tail[[16, 17, 18]] = 0.95 / 3
+    nodes, _ = _posterior_nodes(tail)
+    assert nodes[0] >= HETEROGENEITY_GRID[14]
