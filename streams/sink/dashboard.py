@@ -33,6 +33,16 @@ CROSS JOIN LATERAL (
 ) AS l
 """
 
+# How many anomalies each experiment's latest publication has (for the tabs).
+_ANOMALIES = """
+SELECT h.experiment_id, count(*) AS anomalies
+FROM insights_history h
+JOIN unnest($1::text[], $2::timestamptz[]) AS p(experiment_id, generated_at)
+  ON h.experiment_id = p.experiment_id AND h.generated_at = p.generated_at
+WHERE h.kind = 'anomaly'
+GROUP BY h.experiment_id
+"""
+
 # The shares and decisions of the experiment's last lift reports, oldest first.
 _HISTORY = """
 SELECT r.document->>'taken_at' AS taken_at, r.snapshot_version,
@@ -112,6 +122,15 @@ class InsightsReader:
             )
             for r in rows
         }
+
+    async def anomaly_counts(self, latest: Sequence[Latest]) -> dict[str, int]:
+        """Anomalies published with each of these lift reports (absent: none)."""
+        if not latest:
+            return {}
+        rows = await self.pool.fetch(
+            _ANOMALIES, [x.experiment_id for x in latest], [x.generated_at for x in latest]
+        )
+        return {r["experiment_id"]: int(r["anomalies"]) for r in rows}
 
     async def publication(self, experiment_id: str) -> list[dict[str, Any]]:
         """The documents of the experiment's latest publication, in publication order."""

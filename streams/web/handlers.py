@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 
 from streams.runtime import Runtime
-from streams.sink.dashboard import InsightsReader
+from streams.sink.dashboard import HistoryPoint, InsightsReader
 from streams.web.auth import Access, check, token_of
-from streams.web.state import dashboard_state
+from streams.web.state import dashboard_state, selected
 
 log = logging.getLogger("bandit_stream.dashboard")
 
@@ -140,18 +140,21 @@ class Dashboard:
         return Reply(200, static_file(name), content_type, {"Cache-Control": "no-cache"})
 
     async def state(self, request: Any) -> Reply:
-        """GET /dashboard/api/state: what the page shows, or 304 when nothing was published
-        since the page's last poll (If-None-Match)."""
+        """GET /dashboard/api/state[?experiment=ID]: every experiment for the tabs, the one
+        asked for (else the first) in full; 304 when nothing was published since the page's
+        last poll (If-None-Match)."""
         verdict = self.access(request.query, request.headers)
         if verdict is not Access.ALLOWED:
             return _json(verdict.value, {"error": _MESSAGES[verdict]})
         experiments = self.rt.registry.experiments()
+        shown = selected(experiments, request.query.get("experiment"))
         ready = self.rt.replicas_ready.is_set()
         try:
             reader = await self.reader()
             latest = await reader.latest([e.experiment_id for e in experiments])
             tag = _etag(
                 ready,
+                shown,
                 [
                     (
                         e.experiment_id,
@@ -166,8 +169,13 @@ class Dashboard:
                 return Reply(
                     304, b"", "application/json", {"ETag": tag, "Cache-Control": "no-cache"}
                 )
-            publications = {eid: await reader.publication(eid) for eid in latest}
-            histories = {eid: await reader.history(eid) for eid in latest}
+            counts = await reader.anomaly_counts(list(latest.values()))
+            reported = {eid: counts.get(eid, 0) for eid in latest}
+            documents: list[dict[str, Any]] = []
+            history: list[HistoryPoint] = []
+            if shown in latest:
+                documents = await reader.publication(shown)
+                history = await reader.history(shown)
         except Exception as exc:
             self._log_failure(exc)
             return _json(
@@ -175,8 +183,10 @@ class Dashboard:
             )
         body = dashboard_state(
             experiments,
-            publications,
-            histories,
+            shown,
+            documents,
+            history,
+            reported=reported,
             now=datetime.now(UTC),
             worker_ready=ready,
             insights_interval_s=self.rt.settings.insights_interval_s,
@@ -191,8 +201,8 @@ class Dashboard:
             log.warning("the dashboard cannot read the insights: %r (logged once a minute)", exc)
 
 
-def _etag(ready: bool, parts: list[tuple[str, str, int, int | None]]) -> str:
-    digest = hashlib.sha256(orjson.dumps([ready, sorted(parts, key=lambda p: p[0])]))
+def _etag(ready: bool, shown: str | None, parts: list[tuple[str, str, int, int | None]]) -> str:
+    digest = hashlib.sha256(orjson.dumps([ready, shown, sorted(parts, key=lambda p: p[0])]))
     return f'"{digest.hexdigest()[:32]}"'
 
 

@@ -9,6 +9,7 @@ The screenshots are kept in `.local/artifacts/` (their paths are printed).
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import shutil
 import urllib.error
@@ -210,6 +211,17 @@ async def test_dashboard_in_chromium_follows_the_published_insights(
         await page.screenshot(path=str(shot), full_page=True)
         print(f"dashboard screenshots: {shot} and {ARTIFACTS / 'dashboard-empty.png'}")
         assert shot.stat().st_size > 20_000
+
+        # a second experiment gets a tab; the page shows the one picked, then back
+        await create_experiment(pipeline, "dash-other", variants=["x", "y"])
+        tab = page.locator(".tab", has_text="dash-other")
+        await expect(tab).to_be_visible(timeout=30_000)
+        await tab.click()
+        await expect(page.locator("h1")).to_have_text("dash-other")
+        waiting = re.compile("No traffic yet|Waiting for the first lift report")
+        await expect(page.locator("main")).to_contain_text(waiting)
+        await page.locator(".tab", has_text=re.compile(r"^dash\b(?!-)")).click()
+        await expect(page.locator(".anomaly")).to_contain_text(marker)
         assert errors == [], errors
     finally:
         assert worker.stop() == 0, worker.log_tail(60)

@@ -27,6 +27,8 @@
   let lastOk = 0;
   let problem = null;
   let refreshS = 3;
+  let timer = null;
+  let asked = 0; // the latest poll: an older one's answer (another experiment) is dropped
 
   // ---- small helpers --------------------------------------------------------------------
   function h(tag, attrs, ...children) {
@@ -130,32 +132,45 @@
   }
 
   // ---- polling ----------------------------------------------------------------------------
+  // the experiment asked for in the address (#experiment=ID); the server picks when none
+  function wantedId() {
+    const m = /experiment=([^&]+)/.exec(location.hash);
+    return m ? decodeURIComponent(m[1]) : null;
+  }
+
   async function poll() {
+    clearTimeout(timer);
+    const mine = ++asked;
     const headers = { Accept: "application/json" };
     if (token) headers.Authorization = "Bearer " + token;
     if (etag) headers["If-None-Match"] = etag;
+    const wanted = wantedId();
+    const url = STATE_URL + (wanted ? "?experiment=" + encodeURIComponent(wanted) : "");
     try {
-      const r = await fetch(STATE_URL, { headers, cache: "no-store" });
+      const r = await fetch(url, { headers, cache: "no-store" });
+      const body = r.status === 304 ? null : await r.json().catch(() => ({}));
+      if (mine !== asked) return;
       if (r.status === 304) {
         lastOk = Date.now();
         problem = null;
       } else if (r.ok) {
-        state = await r.json();
+        state = body;
         etag = r.headers.get("ETag");
         refreshS = state.refresh_s || refreshS;
         lastOk = Date.now();
         problem = null;
         render();
       } else {
-        const body = await r.json().catch(() => ({}));
         problem = body.error || "the worker answered " + r.status;
         if (r.status === 401 || r.status === 403) renderRefused(problem);
       }
     } catch (e) {
+      if (mine !== asked) return;
       problem = "the worker does not answer (stopped, or restarting?); retrying";
     }
     renderStatus();
-    setTimeout(poll, refreshS * 1000);
+    // a hidden tab asks less often
+    timer = setTimeout(poll, (document.hidden ? Math.max(30, refreshS) : refreshS) * 1000);
   }
 
   function renderStatus() {
@@ -180,13 +195,6 @@
   }
 
   // ---- page -------------------------------------------------------------------------------
-  function selectedId() {
-    const m = /experiment=([^&]+)/.exec(location.hash);
-    const wanted = m ? decodeURIComponent(m[1]) : null;
-    const ids = state.experiments.map((e) => e.experiment_id);
-    return ids.includes(wanted) ? wanted : ids[0];
-  }
-
   function render() {
     const main = document.getElementById("main");
     const tabs = document.getElementById("tabs");
@@ -195,17 +203,17 @@
       main.replaceChildren(emptyNoExperiments());
       return;
     }
-    const current = selectedId();
+    const current = state.shown;
     for (const exp of state.experiments) {
-      const count = exp.anomalies.length;
+      const count = exp.anomaly_count;
       tabs.appendChild(h("a", {
         class: "tab" + (exp.experiment_id === current ? " active" : ""),
         href: "#experiment=" + encodeURIComponent(exp.experiment_id),
       }, exp.experiment_id, " ", pill(exp.status, "status-" + exp.status),
       count ? pill(count + (count === 1 ? " anomaly" : " anomalies"), "warning") : null));
     }
-    const exp = state.experiments.find((e) => e.experiment_id === current);
-    main.replaceChildren(experimentView(exp));
+    const exp = state.experiments.find((e) => e.experiment_id === current && e.detail);
+    if (exp) main.replaceChildren(experimentView(exp));
   }
 
   function renderRefused(message) {
@@ -495,11 +503,12 @@
     return svg;
   }
 
-  window.addEventListener("hashchange", () => { if (state) render(); });
+  window.addEventListener("hashchange", () => { etag = null; poll(); });
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) poll(); });
   setInterval(() => {
     renderStatus();
     for (const el of document.querySelectorAll("[data-testid=snapshot]")) {
-      const exp = state && state.experiments.find((e) => e.experiment_id === selectedId());
+      const exp = state && state.experiments.find((e) => e.detail);
       if (exp && exp.lift_report) {
         const note = el.parentElement.querySelector(".note");
         if (note) note.textContent = "taken " + clock(exp.lift_report.taken_at) + " UTC · "

@@ -56,6 +56,9 @@ class Reader:
             raise ConnectionRefusedError("database down")
         return {e: Latest(e, self.insight_id, None, 9123) for e in experiment_ids}
 
+    async def anomaly_counts(self, latest: list[Latest]) -> dict[str, int]:
+        return {x.experiment_id: 1 for x in latest}  # the examples have one
+
     async def publication(self, experiment_id: str) -> list[dict[str, Any]]:
         self.publications += 1
         return [{**copy.deepcopy(d), "experiment_id": experiment_id} for d in EXAMPLES]
@@ -103,6 +106,18 @@ async def test_loopback_page_and_state() -> None:
     assert exp["lift_report"]["report"]["global"]["decisions"] == 9000
     assert [a["report"]["type"] for a in exp["anomalies"]] == ["sample_ratio_mismatch"]
     assert state["refresh_s"] == 5.0
+
+
+async def test_only_the_experiment_asked_for_is_read_in_full() -> None:
+    board, rt, reader = dashboard()
+    rt.registry.apply("other", new_experiment_document("other", ["a", "b"]))
+    state = orjson.loads((await board.state(Request(query={"experiment": "other"}))).body)
+    assert state["shown"] == "other" and reader.publications == 1
+    full = [e["experiment_id"] for e in state["experiments"] if e["detail"]]
+    tabs = {e["experiment_id"]: e["anomaly_count"] for e in state["experiments"]}
+    assert full == ["other"] and tabs == {"landing-2026": 1, "other": 1}
+    first = orjson.loads((await board.state(Request(query={"experiment": "nope"}))).body)
+    assert first["shown"] == "landing-2026"
 
 
 async def test_nothing_new_is_a_304_without_reading_the_documents() -> None:

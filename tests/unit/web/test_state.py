@@ -12,7 +12,7 @@ import pytest
 from streams.contracts import load_schema
 from streams.experiments import experiment_from_document, new_experiment_document
 from streams.sink.dashboard import HistoryPoint
-from streams.web.state import CHARTED_SEGMENTS, charted_segments, dashboard_state
+from streams.web.state import CHARTED_SEGMENTS, charted_segments, dashboard_state, selected
 
 pytestmark = pytest.mark.unit
 
@@ -34,8 +34,10 @@ def test_documents_are_passed_through_as_published() -> None:
     history = [HistoryPoint("2026-11-29T02:59:50.000Z", 9120, {"*": {"decisions": 8000}})]
     state = dashboard_state(
         [experiment("landing-2026")],
-        {"landing-2026": docs},
-        {"landing-2026": history},
+        "landing-2026",
+        docs,
+        history,
+        reported={"landing-2026": 1},
         now=NOW,
         worker_ready=True,
         insights_interval_s=10.0,
@@ -43,6 +45,7 @@ def test_documents_are_passed_through_as_published() -> None:
     )
     assert state["generated_at"] == "2026-11-29T03:00:05.000Z"
     [exp] = state["experiments"]
+    assert state["shown"] == "landing-2026" and exp["detail"] is True
     assert exp["lift_report"] == docs[0]
     assert exp["anomalies"] == [docs[1]]
     assert exp["recommendation"] == docs[2]
@@ -57,20 +60,28 @@ def test_documents_are_passed_through_as_published() -> None:
     orjson.dumps(state)  # JSON-ready as it is
 
 
-def test_running_experiments_come_first_and_one_without_insights_waits() -> None:
+def test_running_experiments_come_first_and_only_the_shown_one_is_in_full() -> None:
     experiments = [experiment("z-stopped", "stopped"), experiment("b"), experiment("a", "paused")]
+    assert selected(experiments, None) == "b"
+    assert selected(experiments, "a") == "a"
+    assert selected(experiments, "unknown") == "b"
+    assert selected([], "a") is None
     state = dashboard_state(
         experiments,
-        {},
-        {},
+        "a",
+        [],
+        [],
+        reported={"z-stopped": 2},
         now=NOW,
         worker_ready=False,
         insights_interval_s=10.0,
         refresh_s=5.0,
     )
-    assert [e["experiment_id"] for e in state["experiments"]] == ["b", "a", "z-stopped"]
-    assert all(e["lift_report"] is None for e in state["experiments"])
-    assert all(e["anomalies"] == [] and e["history"] == [] for e in state["experiments"])
+    b, a, z = state["experiments"]
+    assert [e["experiment_id"] for e in (b, a, z)] == ["b", "a", "z-stopped"]
+    assert a["detail"] and a["lift_report"] is None and a["history"] == []  # no report yet
+    assert not b["detail"] and "lift_report" not in b and b["has_report"] is False
+    assert (z["has_report"], z["anomaly_count"]) == (True, 2)
     assert state["worker_ready"] is False
 
 
@@ -87,8 +98,10 @@ def test_charts_keep_the_experiment_and_the_largest_segments_only() -> None:
     point = HistoryPoint("t", 1, {k: {"decisions": 1} for k in ["*", "device:d29", "device:d00"]})
     state = dashboard_state(
         [experiment("e")],
-        {"e": [{**lift, "experiment_id": "e"}]},
-        {"e": [point]},
+        "e",
+        [{**lift, "experiment_id": "e"}],
+        [point],
+        reported={"e": 0},
         now=NOW,
         worker_ready=True,
         insights_interval_s=10.0,
