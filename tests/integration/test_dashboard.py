@@ -209,7 +209,7 @@ async def test_dashboard_in_chromium_follows_the_published_insights(
 
         shot = ARTIFACTS / "dashboard.png"
         await page.screenshot(path=str(shot), full_page=True)
-        print(f"dashboard screenshots: {shot} and {ARTIFACTS / 'dashboard-empty.png'}")
+        print(f"dashboard screenshot: {shot} (and dashboard-empty.png, dashboard-no-traffic.png)")
         assert shot.stat().st_size > 20_000
 
         # a second experiment gets a tab; the page shows the one picked, then back
@@ -220,6 +220,7 @@ async def test_dashboard_in_chromium_follows_the_published_insights(
         await expect(page.locator("h1")).to_have_text("dash-other")
         waiting = re.compile("No traffic yet|Waiting for the first lift report")
         await expect(page.locator("main")).to_contain_text(waiting)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-no-traffic.png"), full_page=True)
         await page.locator(".tab", has_text=re.compile(r"^dash\b(?!-)")).click()
         await expect(page.locator(".anomaly")).to_contain_text(marker)
         assert errors == [], errors

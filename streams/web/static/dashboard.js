@@ -242,6 +242,15 @@
         "). None has been published for this experiment yet; this page updates by itself."));
   }
 
+  function emptyNoTraffic(exp) {
+    return h("section", { class: "empty", "data-testid": "empty-state" },
+      h("h2", {}, "No traffic yet"),
+      h("p", {}, "The latest report of ", h("code", {}, exp.experiment_id),
+        " counts no exposure. Rates, lifts and the allocation appear once exposures of its "
+        + "decisions are counted (visits → decisions → exposures → conversions); reports "
+        + "arrive every " + state.insights_interval_s + " s."));
+  }
+
   function experimentView(exp) {
     const lift = exp.lift_report;
     const head = h("section", { class: "experiment-head" },
@@ -256,13 +265,14 @@
     if (!lift) return h("div", {}, head, emptyNoReport(exp));
     const report = lift.report;
     const scale = rateScale(report);
+    const quiet = !report.global.exposures;
     return h("div", { class: "experiment", "data-experiment": exp.experiment_id },
       head,
       summary(exp, lift),
       h("div", { class: "columns" },
         anomaliesView(exp), recommendationsView(exp)),
-      experimentWide(exp, report, scale),
-      segmentsView(exp, report, scale));
+      quiet ? emptyNoTraffic(exp) : experimentWide(exp, report, scale),
+      quiet ? null : segmentsView(exp, report, scale));
   }
 
   function summary(exp, lift) {
