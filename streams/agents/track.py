@@ -162,7 +162,8 @@ async def sweep_waiting(rt: Runtime, partitions: Iterable[int], limit: int = 500
     store = await rt.store()
     known = [e.experiment_id for e in rt.registry.experiments()]
     topics = [rt.topics[DECISIONS], rt.topics[EXPOSURES], rt.topics[CONVERSIONS]]
-    for partition in sorted(partitions):
+    due = await store.partitions_due(known, datetime.now(UTC))
+    for partition in sorted(due.intersection(partitions)):
         while True:
             async with store.waiting_batch(STAGE, topics, partition) as tx:
                 ready, expired = await tx.take_due(partition, known, datetime.now(UTC), limit)

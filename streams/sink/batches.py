@@ -148,21 +148,29 @@ class TrackBatch:
         """Take back out what waited for these decisions or for exposures of these pairs."""
         ids = sorted(set(decision_ids))
         keys = sorted(set(pairs))
-        if not ids and not keys:
-            return []
-        rows = await self.conn.fetch(
-            """
-            DELETE FROM pending_events p
-            WHERE p.expired_at IS NULL AND (
-                (p.waiting_for = 'decision' AND p.decision_id = ANY($1::text[]))
-                OR (p.waiting_for = 'exposure' AND (p.experiment_id, p.visitor_id) IN (
-                    SELECT * FROM unnest($2::text[], $3::text[]))))
-            RETURNING p.source_topic, p.partition, p.source_offset, p.payload
-            """,
-            ids,
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-        )
+        rows: list[Any] = []
+        if ids:  # two statements, each on its own partial index (an OR scans the table)
+            rows += await self.conn.fetch(
+                """
+                DELETE FROM pending_events p
+                WHERE p.expired_at IS NULL AND p.waiting_for = 'decision'
+                  AND p.decision_id = ANY($1::text[])
+                RETURNING p.source_topic, p.partition, p.source_offset, p.payload
+                """,
+                ids,
+            )
+        if keys:
+            rows += await self.conn.fetch(
+                """
+                DELETE FROM pending_events p
+                USING unnest($1::text[], $2::text[]) AS k(experiment_id, visitor_id)
+                WHERE p.expired_at IS NULL AND p.waiting_for = 'exposure'
+                  AND p.experiment_id = k.experiment_id AND p.visitor_id = k.visitor_id
+                RETURNING p.source_topic, p.partition, p.source_offset, p.payload
+                """,
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+            )
         return _raw(rows)
 
     async def take_due(

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -91,6 +92,22 @@ class StateStore:
                 partition,
             )
             yield TrackBatch(conn, [])
+
+    async def partitions_due(self, known_experiments: Sequence[str], now: datetime) -> set[int]:
+        """Visitor partitions with waiting records that can go on or must leave (no lock)."""
+        rows = await self.pool.fetch(
+            """
+            SELECT DISTINCT partition FROM pending_events
+            WHERE expired_at IS NULL AND expires_at <= $2
+            UNION
+            SELECT DISTINCT partition FROM pending_events
+            WHERE expired_at IS NULL AND waiting_for = 'experiment'
+              AND experiment_id = ANY($1::text[])
+            """,
+            list(known_experiments),
+            now,
+        )
+        return {r["partition"] for r in rows}
 
     @asynccontextmanager
     async def learn_batch(
