@@ -56,7 +56,15 @@ from streams.services.worker import WorkerProcess
 from streams.settings import Settings
 from streams.sink.experiments import save_experiment
 from streams.sink.migrations import migrate
-from streams.topics import CONVERSIONS, DEADLETTER, DECISIONS, EXPOSURES, VISITS, topic_name
+from streams.topics import (
+    CONVERSIONS,
+    DEADLETTER,
+    DECISIONS,
+    EXPOSURES,
+    SEGMENT_DELTAS,
+    VISITS,
+    topic_name,
+)
 
 VARIANTS = ("a", "b", "c")
 FEATURES = ("device", "source")
@@ -1040,6 +1048,19 @@ async def fuzz(
     return result
 
 
+async def delta_copies(env: Env) -> int:
+    """How many records of `segment-deltas` repeat a delta_id sent before (the owner must
+    apply each delta once, however often it is sent)."""
+    seen: Counter[int] = Counter()
+    async with Tail(env.settings, SEGMENT_DELTAS) as tail:
+        quiet = 0
+        while quiet < 4:
+            new = await tail.poll(250)
+            seen.update(int(d["delta_id"]) for d in new if "delta_id" in d)
+            quiet = 0 if new else quiet + 1
+    return sum(n - 1 for n in seen.values())
+
+
 async def _undecided(env: Env, visits: list[Item]) -> int:
     """How many of the (valid) visits have no decision on `decisions`."""
     wanted = {orjson.loads(v.value or b"{}")["event_id"] for v in visits}
@@ -1249,7 +1270,7 @@ async def postgres_outage(
             if "ERROR" in line or "CRITICAL" in line
         ]
         result.facts["error_lines"] = len(errors)
-        result.facts["error_samples"] = errors[:20]
+        result.facts["error_kinds"] = Counter(_stem(line) for line in errors)
         if len(errors) > 8:
             result.problems.append(
                 f"{len(errors)} ERROR lines for a {outage_s:.0f} s outage (a few expected): "
@@ -1327,6 +1348,7 @@ async def broker_restart(
         result.facts["settled_after_s"] = round(waited, 1)
         await asyncio.sleep(2)
         _count_check(result, expected, await read_counts(env.dsn, "restart"))
+        result.facts["delta_copies_on_topic"] = await delta_copies(env)
         if partial[0] >= _totals(expected)[0] - len(second.exposures):
             result.problems.append(f"the restart did not hit the stream mid-way: {partial}")
         _alive(result, worker, "restart")
@@ -1445,6 +1467,12 @@ async def rebalance(
 DEADLOCK = r"deadlock detected|DeadlockDetected"
 
 
+def _stem(line: str) -> str:
+    """A log line without its time stamp, pid and the details that vary."""
+    text = line.split("] ", 3)[-1]
+    return re.sub(r"\(.*\)|\d+", "…", text)[:120]
+
+
 async def hot_segment(
     settings: Settings, workdir: Path, *, scale: float = 1, seed: int = 6, port: int = 15536
 ) -> Result:
@@ -1497,6 +1525,39 @@ async def hot_segment(
         if env is not None:
             env.stop_all()
         await pg.remove()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+async def delta_twice(
+    settings: Settings, workdir: Path, database_url: str, *, copies: int = 2
+) -> Result:
+    """The same segment delta sent `copies` times back to back (what a producer retry, or
+    the outbox's resend racing the first send, puts on `segment-deltas`): applied once."""
+    started = time.monotonic()
+    result = Result("delta-twice")
+    env = await open_env(settings, workdir, database_url)
+    try:
+        await create_experiment(env, "twice", sticky=False)
+        await env.start("twice")
+        segment = SEGMENTS[0]
+        delta = {
+            "delta_id": 9_000_001,
+            "experiment_id": "twice",
+            "segment_key": segment,
+            "variants": {"a": {"exposures": 10.0, "conversions": 3.0}},
+        }
+        key = f"twice|{segment}".encode()
+        async with Sender(env.settings) as sender:
+            await sender.send([Item(SEGMENT_DELTAS, key, orjson.dumps(delta))] * copies)
+            result.produced = len(sender.sent)
+        result.faults = copies - 1
+        expected: Counts = {(segment, "a"): (10, 3, 0)}
+        await wait_exact(env.dsn, "twice", expected, 30)
+        await asyncio.sleep(2)
+        _count_check(result, expected, await read_counts(env.dsn, "twice"))
+    finally:
+        env.stop_all()
     result.seconds = time.monotonic() - started
     return result
 

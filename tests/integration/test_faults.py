@@ -73,3 +73,11 @@ async def test_two_workers_hot_segment_no_deadlock_counts_exact(
     assert result.facts["deadlocks_server_log"] == 0, report(result)
     assert result.facts["deadlocks_worker_logs"] == 0, report(result)
     assert_clean(result)
+
+
+async def test_a_segment_delta_sent_twice_is_applied_once(
+    settings: Settings, tmp_path: Path, fresh_database: str
+) -> None:
+    """What broke the broker-restart scenario, alone: two copies of one delta in a batch."""
+    result = await faults.delta_twice(settings, tmp_path, fresh_database, copies=2)
+    assert_clean(result)
