@@ -1061,6 +1061,21 @@ async def delta_copies(env: Env) -> int:
     return sum(n - 1 for n in seen.values())
 
 
+async def no_dead_letters(result: Result, env: Env) -> None:
+    """Every record of these scenarios is valid: none may be dead-lettered (an outage or a
+    restart misread as poison would show up here as `processing_error`)."""
+    async with Tail(env.settings, DEADLETTER) as tail:
+        quiet = 0
+        while quiet < 4:
+            quiet = 0 if await tail.poll(250) else quiet + 1
+    result.dead_lettered = Counter(str(d.get("reason")) for d in tail.docs)
+    if tail.docs:
+        result.problems.append(
+            f"{len(tail.docs)} valid records dead-lettered: {dict(result.dead_lettered)}, "
+            f"e.g. {str(tail.docs[0])[:500]}"
+        )
+
+
 async def _undecided(env: Env, visits: list[Item]) -> int:
     """How many of the (valid) visits have no decision on `decisions`."""
     wanted = {orjson.loads(v.value or b"{}")["event_id"] for v in visits}
@@ -1200,6 +1215,10 @@ class Client:
         undecided = self.undecided()
         if undecided:
             result.problems.append(f"{len(undecided)} visits without a decision")
+        result.facts["replays_differing"] = len(self.differing)
+        result.facts["replays_other_variant"] = sum(
+            a["variant_id"] != b["variant_id"] for a, b in self.differing
+        )
         if self.differing:
             a, b = self.differing[0]
             result.problems.append(
@@ -1256,6 +1275,7 @@ async def postgres_outage(
             counts, waited = await wait_exact(env.dsn, "outage", expected, 150)
             result.facts["settled_after_s"] = round(waited, 1)
             _count_check(result, expected, counts)
+            await no_dead_letters(result, env)
         if len(decided) < 0.5 * len(outage_visits):
             result.problems.append(
                 f"decisions stalled during the outage: {len(decided)} decisions for "
@@ -1348,6 +1368,7 @@ async def broker_restart(
         result.facts["settled_after_s"] = round(waited, 1)
         await asyncio.sleep(2)
         _count_check(result, expected, await read_counts(env.dsn, "restart"))
+        await no_dead_letters(result, env)
         result.facts["delta_copies_on_topic"] = await delta_copies(env)
         if partial[0] >= _totals(expected)[0] - len(second.exposures):
             result.problems.append(f"the restart did not hit the stream mid-way: {partial}")
@@ -1414,6 +1435,7 @@ async def sigterm_outage(
         await asyncio.sleep(2)
         result.facts["settled_after_s"] = round(waited, 1)
         _count_check(result, expected, await read_counts(env.dsn, "term"))
+        await no_dead_letters(result, env)
     finally:
         if env is not None:
             env.stop_all()
@@ -1457,6 +1479,7 @@ async def rebalance(
             await asyncio.sleep(2)
             result.facts["settled_after_s"] = round(waited, 1)
             _count_check(result, expected, await read_counts(env.dsn, "rebal"))
+        await no_dead_letters(result, env)
         _alive(result, second, "second")
     finally:
         env.stop_all()
@@ -1507,6 +1530,7 @@ async def hot_segment(
         result.facts["settled_after_s"] = round(waited, 1)
         result.facts["segments"] = len({k[0] for k in expected})
         _count_check(result, expected, await read_counts(env.dsn, "hot"))
+        await no_dead_letters(result, env)
         server = [
             line for line in pg.log.read_text(errors="replace").splitlines()
             if re.search(DEADLOCK, line)
@@ -1556,6 +1580,7 @@ async def delta_twice(
         await wait_exact(env.dsn, "twice", expected, 30)
         await asyncio.sleep(2)
         _count_check(result, expected, await read_counts(env.dsn, "twice"))
+        await no_dead_letters(result, env)
     finally:
         env.stop_all()
     result.seconds = time.monotonic() - started
