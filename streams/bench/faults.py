@@ -1590,7 +1590,13 @@ async def delta_twice(
 # --------------------------------------------------------------------- the command
 
 SCENARIOS = (
-    "fuzz", "postgres-outage", "broker-restart", "sigterm-outage", "rebalance", "hot-segment",
+    "fuzz",
+    "postgres-outage",
+    "broker-restart",
+    "sigterm-outage",
+    "rebalance",
+    "hot-segment",
+    "delta-twice",
 )  # fmt: skip
 
 
@@ -1652,8 +1658,11 @@ async def run(base: Settings, names: Iterable[str], scale: float, seed: int) -> 
         elif name == "rebalance":
             async with _database(base) as dsn:
                 r = await rebalance(s, where, dsn, scale=scale)
-        else:
+        elif name == "hot-segment":
             r = await hot_segment(s, where, scale=scale, port=15636)
+        else:
+            async with _database(base) as dsn:
+                r = await delta_twice(s, where, dsn)
         print(
             f"bench faults: {name}: {'ok' if not r.problems else 'FAILED'} in {r.seconds:.0f} s",
             file=sys.stderr,

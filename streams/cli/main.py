@@ -137,6 +137,10 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         from streams.bench import aa
 
         return aa.main(args)
+    if args.bench == "faults":
+        from streams.bench import faults
+
+        return faults.main(args)
     from streams.bench import pipeline
 
     return pipeline.main(args)
@@ -213,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     from streams.bench.aa import add_arguments as aa_arguments
 
     aa_arguments(aa_bench)
+    faults_bench = benches.add_parser(
+        "faults", help="the fault model on the real broker and Postgres: lost, double-counted"
+    )
+    from streams.bench.faults import add_arguments as faults_arguments
+
+    faults_arguments(faults_bench)
     pipeline = benches.add_parser(
         "pipeline", help="one worker on the real broker: throughput and latency vs references"
     )
