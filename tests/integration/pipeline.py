@@ -50,8 +50,8 @@ class Pipeline:
             "BANDIT_LOG_LEVEL": "info",
         }
 
-    def worker(self, name: str = "w1") -> FaustWorker:
-        return FaustWorker("streams.app", self.env(), self.tmp / f"{name}.log")
+    def worker(self, name: str = "w1", extra: dict[str, str] | None = None) -> FaustWorker:
+        return FaustWorker("streams.app", self.env() | (extra or {}), self.tmp / f"{name}.log")
 
     def topic(self, base: str) -> str:
         return topic_name(self.settings, base)
