@@ -442,7 +442,7 @@ class Fuzzer:
         self.window = timedelta(seconds=window_s)
         self.now = _now()
         self.n = 0
-        self.used: set[int] = set()  # ids of records already copied
+        self.candidates: dict[str, list[int]] = {}  # per base: originals not copied yet
         self.makers: list[tuple[float, Callable[[], Item]]] = [
             (8, self.wrong_type), (6, self.missing_field), (4, self.extra_field),
             (1, self.huge_string), (3, self.long_string), (3, self.deep_nesting),
@@ -670,15 +670,13 @@ class Fuzzer:
 
     def _copy(self, base: str, kind: str, fresh_id: bool = False) -> Item:
         """A copy of a valid record: the original and the copy form a group in which exactly
-        one record is refused as a duplicate."""
-        pool = [
-            i
-            for i, item in enumerate(self.traffic.items if base != VISITS else self.visits)
-            if item.base == base and i not in self.used and item.group is None
-        ]
-        source = self.traffic.items if base != VISITS else self.visits
-        index = self.rng.choice(pool)
-        self.used.add(index)
+        one record is refused as a duplicate (each original is copied once at most)."""
+        source = self.visits if base == VISITS else self.traffic.items
+        if base not in self.candidates:
+            pool = [i for i, item in enumerate(source) if item.base == base]
+            self.rng.shuffle(pool)
+            self.candidates[base] = pool
+        index = self.candidates[base].pop()
         group = self._id("group")
         original = replace(source[index], group=group, reasons=_in("duplicate_event"))
         source[index] = original
@@ -996,7 +994,9 @@ async def fuzz(
     await create_experiment(env, "fuzz", sticky=False)
     await create_experiment(env, "fuzz-stopped", status="stopped")
     traffic = backlog(rng, "fuzz", int(2_500 * scale), SEGMENTS[:20], "ok")
-    visits = [doc_item(VISITS, visit_doc("fuzz", f"ok-visitor{i}", rng)) for i in range(300)]
+    visits = [
+        doc_item(VISITS, visit_doc("fuzz", f"ok-visitor{i}", rng)) for i in range(int(400 * scale))
+    ]
     fuzzer = Fuzzer(rng, "fuzz", "fuzz-stopped", traffic, visits)
     bad = fuzzer.faults(int(10_000 * scale))
     items = interleave(rng, [*traffic.items, *visits, *bad])
