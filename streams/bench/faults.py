@@ -1258,8 +1258,8 @@ async def postgres_outage(
             await client.run(rate, 8)
             result.facts["before"] = _totals(await read_counts(env.dsn, "outage"))
             lines_before = len(worker.log_text().splitlines())
-            down_at = time.monotonic()
             await pg.down()
+            down_at = time.monotonic()
             await client.run(rate, outage_s)
             up_at = time.monotonic()
             await pg.up()
@@ -1373,6 +1373,9 @@ async def broker_restart(
         if partial[0] >= _totals(expected)[0] - len(second.exposures):
             result.problems.append(f"the restart did not hit the stream mid-way: {partial}")
         _alive(result, worker, "restart")
+        errors = log_lines(worker, r"\[ERROR\]")
+        result.facts["error_lines"] = len(errors)
+        result.facts["error_kinds"] = Counter(_stem(line) for line in errors).most_common(5)
         if worker.proc is None or worker.proc.pid != pid:
             result.problems.append("the worker was restarted")
     finally:
