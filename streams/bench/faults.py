@@ -182,6 +182,12 @@ class Tail:
     async def __aexit__(self, *exc: object) -> None:
         await self.consumer.stop()
 
+    async def drain(self, quiet_polls: int = 4) -> None:
+        """Read until `quiet_polls` polls in a row bring nothing new."""
+        quiet = 0
+        while quiet < quiet_polls:
+            quiet = 0 if await self.poll(250) else quiet + 1
+
     async def poll(self, timeout_ms: int = 200) -> list[dict[str, Any]]:
         new = []
         for records in (await self.consumer.getmany(timeout_ms=timeout_ms)).values():
@@ -1022,7 +1028,7 @@ async def fuzz(
             finished = await poll_until(done, timeout=150 * max(1.0, scale))
             # what would be dead-lettered twice, or counted twice, shows up now
             await asyncio.sleep(3)
-            await letters.poll(1_000)
+            await letters.drain()
             if not finished:
                 result.problems.append(
                     f"not settled in time: {len(letters.docs)} of {want_letters} dead letters"
@@ -1053,11 +1059,8 @@ async def delta_copies(env: Env) -> int:
     apply each delta once, however often it is sent)."""
     seen: Counter[int] = Counter()
     async with Tail(env.settings, SEGMENT_DELTAS) as tail:
-        quiet = 0
-        while quiet < 4:
-            new = await tail.poll(250)
-            seen.update(int(d["delta_id"]) for d in new if "delta_id" in d)
-            quiet = 0 if new else quiet + 1
+        await tail.drain()
+    seen.update(int(d["delta_id"]) for d in tail.docs if "delta_id" in d)
     return sum(n - 1 for n in seen.values())
 
 
@@ -1065,9 +1068,7 @@ async def no_dead_letters(result: Result, env: Env) -> None:
     """Every record of these scenarios is valid: none may be dead-lettered (an outage or a
     restart misread as poison would show up here as `processing_error`)."""
     async with Tail(env.settings, DEADLETTER) as tail:
-        quiet = 0
-        while quiet < 4:
-            quiet = 0 if await tail.poll(250) else quiet + 1
+        await tail.drain()
     result.dead_lettered = Counter(str(d.get("reason")) for d in tail.docs)
     if tail.docs:
         result.problems.append(
