@@ -44,7 +44,8 @@ async def learn_batch(rt: Runtime, batch: Sequence[RawEvent]) -> None:
     async with store.learn_batch(STAGE, batch) as tx:
         deltas = _deltas(tx.fresh)
         new = await tx.new_deltas(d.delta_id for d in deltas)
-        deltas = [d for d in deltas if d.delta_id in new]
+        # once each: a delta resent after a crash can sit twice in one batch
+        deltas = list({d.delta_id: d for d in deltas if d.delta_id in new}.values())
         if deltas:
             keys = [(d.experiment_id, d.segment_key, v) for d in deltas for v in d.variants]
             discounts = {}
