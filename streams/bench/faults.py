@@ -1245,7 +1245,7 @@ async def postgres_outage(
 ) -> Result:
     """Live traffic; Postgres stopped `outage_s` seconds; no restart; counts exact."""
     started = time.monotonic()
-    result = Result("postgres-outage")
+    result = Result("postgres-outage", faults=1)  # one outage
     pg = PrivatePostgres(port)
     env: Env | None = None
     try:
@@ -1340,7 +1340,7 @@ async def broker_restart(
 ) -> Result:
     """A private broker restarted while one worker drains a backlog; more traffic after."""
     started = time.monotonic()
-    result = Result("broker-restart")
+    result = Result("broker-restart", faults=1)  # one restart
     kafka = PrivateKafka(port)
     env: Env | None = None
     try:
@@ -1398,7 +1398,7 @@ async def sigterm_outage(
 ) -> Result:
     """SIGTERM while a batch waits for Postgres; a new worker finishes once it is back."""
     started = time.monotonic()
-    result = Result("sigterm-outage")
+    result = Result("sigterm-outage", faults=2)  # an outage, a SIGTERM in it
     pg = PrivatePostgres(port)
     env: Env | None = None
     try:
@@ -1453,7 +1453,7 @@ async def rebalance(
 ) -> Result:
     """A second worker joins under live traffic; then the first leaves by SIGTERM."""
     started = time.monotonic()
-    result = Result("rebalance")
+    result = Result("rebalance", faults=2)  # a worker joins, one leaves
     env = await open_env(settings, workdir, database_url)
     try:
         await create_experiment(env, "rebal", sticky=False)
@@ -1672,6 +1672,10 @@ async def run(base: Settings, names: Iterable[str], scale: float, seed: int) -> 
             file=sys.stderr,
         )
         results.append(r)
+    if all(not r.problems for r in results):
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"bench faults: worker logs kept in {workdir}", file=sys.stderr)
     return results
 
 
