@@ -147,8 +147,8 @@ async def sweep() -> None:
     try:
         await resend_outbox(runtime)
         await sweep_waiting(runtime, _assigned(EXPOSURES))
-    except Exception:
-        log.exception("sweeping waiting records failed; retried at the next tick")
+    except Exception as exc:
+        runtime.log_failure("sweeping waiting records", exc)
 
 
 @app.page("/live")

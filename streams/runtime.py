@@ -163,6 +163,13 @@ class Runtime:
                 return
             await asyncio.sleep(min(left, 0.1))
 
+    def log_failure(self, what: str, exc: BaseException) -> None:
+        """An outage once a minute per `what`; anything else with its traceback, each time."""
+        if is_transient(exc):
+            self._log_outage(what, exc)
+        else:
+            log.error("%s failed; tried again later", what, exc_info=exc)
+
     def _log_outage(self, stage: str, exc: BaseException) -> None:
         now = time.monotonic()
         if now - self._last_outage_log.get(stage, -1e9) >= 60:

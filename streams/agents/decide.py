@@ -28,7 +28,7 @@ async def _sticky(rt: Runtime, keys: list[tuple[str, str]]) -> dict[tuple[str, s
         if not is_transient(exc):
             raise
         metrics.STICKY_FALLBACKS.inc()
-        log.warning("sticky lookup failed (%s): %d visits decided from the weights", exc, len(keys))
+        rt.log_failure("the sticky lookup (visits decided from the weights meanwhile)", exc)
         return {}
 
 

@@ -72,10 +72,10 @@ class Publisher:
             self.dirty.discard(eid)
             try:
                 await self.publish(experiment, heartbeat)
-            except Exception:
+            except Exception as exc:
                 self.dirty.add(eid)
                 metrics.STAGE_ERRORS.labels(stage="publish").inc()
-                log.exception("publishing the weights of %r failed; retried next tick", eid)
+                self.rt.log_failure(f"publishing the weights of {eid!r}", exc)
         stale = set(self.last_publish) - {e.experiment_id for e in self.owned()}
         for eid in stale:  # no longer ours: the next owner starts afresh
             self.last_publish.pop(eid, None)
@@ -92,9 +92,9 @@ class Publisher:
             self.last_insights[eid] = now
             try:
                 await self.publish_insights(experiment)
-            except Exception:
+            except Exception as exc:
                 metrics.STAGE_ERRORS.labels(stage="insights").inc()
-                log.exception("the insights of %r failed; tried again next interval", eid)
+                self.rt.log_failure(f"the insights of {eid!r}", exc)
 
     async def publish_insights(self, experiment: Experiment) -> list[dict[str, Any]]:
         eid = experiment.experiment_id

@@ -53,8 +53,8 @@ def apply_experiment(registry: ExperimentRegistry, key: bytes | None, value: byt
     return True
 
 
-def apply_allocation(weights: WeightsReplica, value: bytes | None) -> bool:
-    """Apply one `allocations` record; True when it replaced an older version."""
+def apply_allocation(weights: WeightsReplica, value: bytes | None, published_ms: int = 0) -> bool:
+    """Apply one `allocations` record (published at `published_ms`, its Kafka timestamp)."""
     if value is None:
         return False
     try:
@@ -66,7 +66,7 @@ def apply_allocation(weights: WeightsReplica, value: bytes | None) -> bool:
     if rejected is not None:
         log.error("allocation record ignored: %s", rejected.detail)
         return False
-    return weights.apply(doc)
+    return weights.apply(doc, published_ms)
 
 
 async def replicate_forever(
@@ -111,7 +111,7 @@ async def replicate(
                         changed = apply_experiment(replicas.registry, record.key, record.value)
                         replica = "experiments"
                     else:
-                        changed = apply_allocation(replicas.weights, record.value)
+                        changed = apply_allocation(replicas.weights, record.value, record.timestamp)
                         replica = "allocations"
                     if changed and on_update is not None:
                         on_update(replica)

@@ -129,7 +129,9 @@ def decide(
     ):
         variant, propensity, source = sticky.variant_id, 1.0, "sticky"
     else:
-        found = weights.lookup(experiment.experiment_id, visit.segment_key)
+        found = weights.lookup(
+            experiment.experiment_id, visit.segment_key, visit.event.timestamp_ms
+        )
         if in_holdout(visit.visitor_id, experiment.experiment_id, experiment.holdout_share):
             entry, source = uniform_entry(experiment.variant_ids), "holdout"
         elif found is None or found[0].variant_ids != experiment.variant_ids:

@@ -147,8 +147,13 @@ def classify(
             doc = decode("decisions", event, limits, now)
             if isinstance(doc, Reject):
                 out.rejects.append(doc)
-            else:
+                continue
+            try:
                 out.decisions.append(_decision(doc))
+            except ValueError as exc:  # the contract checks the shape, not the calendar
+                out.rejects.append(
+                    reject(event, RejectReason.SCHEMA_VIOLATION, f"field 'decided_at': {exc}")
+                )
             continue
         contract = "exposures" if event.topic == topics.exposures else "conversions"
         doc = decode(contract, event, limits, now)

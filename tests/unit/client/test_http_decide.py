@@ -53,9 +53,13 @@ class FakeRuntime:
         self.replicas_ready.set()
         self._store = Store(fail)
         self.sent: list[list[dict[str, Any]]] = []
+        self.failures: list[str] = []
 
     async def store(self) -> Store:
         return self._store
+
+    def log_failure(self, what: str, exc: BaseException) -> None:
+        self.failures.append(what)
 
     async def send(self, base: str, records: Any) -> int:
         docs = [doc for _, doc in records]
