@@ -1,4 +1,8 @@
-"""The Faust application: three batched agents, the replicas, a timer and the web pages.
+"""The Faust application: the stages' agents, the replicas, the timers and the web pages.
+
+Agents: decide (visits), track (decisions, exposures, conversions), learn (segment-deltas),
+changes (experiment-changes). Timers: the experiment owner's weights and insights, and the
+sweep of what waits and of unsent deltas. Pages: health, metrics, POST /decide, dashboard.
 
 Run it with `bandit-stream worker` (or `python -m faust -A streams.app worker`). Agents keep
 concurrency 1 (faust-streaming #606) and consume raw bytes: decoding and validation happen in
@@ -14,6 +18,7 @@ import faust
 
 from streams import kafka_clients, metrics
 from streams.agents.decide import decide_batch
+from streams.agents.http import decide_request
 from streams.agents.learn import learn_batch
 from streams.agents.publish import Publisher
 from streams.agents.replicas import run_replicas
@@ -28,6 +33,7 @@ from streams.topics import (
     SEGMENT_DELTAS,
     VISITS,
 )
+from streams.web import Dashboard
 
 log = logging.getLogger("bandit_stream")
 settings = get_settings()
@@ -179,7 +185,6 @@ cast(Any, app.on_before_shutdown).connect(_stopping)
 
 
 # --- POST /decide: decisions over HTTP (streams/agents/http.py) ---------------------------
-from streams.agents.http import decide_request  # noqa: E402
 
 
 @app.page("/decide")
@@ -193,8 +198,6 @@ class DecideView(faust.web.View):
 
 
 # --- the dashboard: live, read-only insights pages (streams/web) -------------------------
-from streams.web import Dashboard  # noqa: E402
-
 # the token rule looks at what the server binds and advertises now (CLI flags included)
 dashboard = Dashboard(runtime, lambda: (app.conf.web_bind, app.conf.web_host))
 cast(Any, app.on_before_shutdown).connect(dashboard.close)
