@@ -1377,6 +1377,11 @@ async def broker_restart(
         errors = log_lines(worker, r"\[ERROR\]")
         result.facts["error_lines"] = len(errors)
         result.facts["error_kinds"] = Counter(_stem(line) for line in errors).most_common(5)
+        if len(errors) > 1_000:
+            result.problems.append(
+                f"{len(errors):,} ERROR lines for a broker restart of a few seconds: "
+                f"{result.facts['error_kinds'][:2]}"
+            )
         if worker.proc is None or worker.proc.pid != pid:
             result.problems.append("the worker was restarted")
     finally:
