@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import faust
 
-from streams import kafka_clients, metrics
+from streams import kafka_clients, logs, metrics
 from streams.agents.decide import decide_batch
 from streams.agents.http import decide_request
 from streams.agents.learn import learn_batch
@@ -36,6 +36,7 @@ from streams.topics import (
 from streams.web import Dashboard
 
 log = logging.getLogger("bandit_stream")
+logs.quiet_kafka_client()
 settings = get_settings()
 runtime = Runtime(settings)
 
