@@ -50,6 +50,9 @@ def is_transient(exc: BaseException) -> bool:
         asyncpg.exceptions.OperatorInterventionError,
         asyncpg.exceptions.InsufficientResourcesError,
         asyncpg.exceptions.LockNotAvailableError,
+        # "cannot switch to state …; another operation is in progress": a connection that
+        # broke mid-statement, seen when the database goes away
+        asyncpg.exceptions.InternalClientError,
     )
     seen: set[int] = set()
     current: BaseException | None = exc

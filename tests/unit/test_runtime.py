@@ -76,6 +76,7 @@ def test_transient_and_permanent_errors_are_told_apart() -> None:
     assert errors.is_transient(ConnectionRefusedError())
     assert errors.is_transient(asyncpg.exceptions.DeadlockDetectedError("deadlock"))
     assert errors.is_transient(errors.TransientError("later"))
+    assert errors.is_transient(asyncpg.exceptions.InternalClientError("cannot switch to state 15"))
     wrapped = RuntimeError("send failed")
     wrapped.__cause__ = TimeoutError()
     assert errors.is_transient(wrapped)
