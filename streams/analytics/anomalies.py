@@ -58,6 +58,14 @@ from streams.analytics.ipw import Cells, ht_rate, log_ratio_independent
 
 SRM_P: Final = 1e-4
 SRM_MIN_PER_VARIANT: Final = 5
+SRM_MIN_EFFECTIVE: Final = 30.0
+SRM_MIN_SHARE: Final = 0.05
+"""A row is tested only when every variant has Kish's effective sample size (Σ1/p)² / Σ1/p²
+≥ SRM_MIN_EFFECTIVE and ≥ SRM_MIN_SHARE of the row's exposures. A variant the bandit starved
+is shown at tiny propensities, so its Σ1/p is mostly rare huge terms: until they show up it
+sits far below its expectation with a variance estimated too small, and the normal
+approximation of the χ² test does not hold (a demo run flagged such a segment with p = 4e-36
+although no exposure was lost). Such rows are not tested rather than wrongly flagged."""
 SRM_EMPTY_VARIANT: Final = 1000
 """Exposures of the other variants at which a variant with none is a mismatch."""
 ANOMALY_P: Final = 0.001
@@ -135,7 +143,16 @@ def sample_ratio_mismatch(cells: Cells) -> list[Anomaly]:
         implied = np.where(n > 0, total[:, None] ** 2 / np.where(n > 0, n, 1.0), 0.0)
     q, p = srm_statistic(w, np.maximum(w2, implied))
     empty = (n.min(axis=1) == 0) & (total >= SRM_EMPTY_VARIANT)
-    testable = (n.min(axis=1) >= SRM_MIN_PER_VARIANT) & np.isfinite(p) & (p < np.array(levels))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        effective = np.where(w2 > 0, w**2 / np.where(w2 > 0, w2, 1.0), 0.0)
+        share = np.where(total[:, None] > 0, n / np.where(total > 0, total, 1.0)[:, None], 0.0)
+    testable = (
+        (n.min(axis=1) >= SRM_MIN_PER_VARIANT)
+        & (effective.min(axis=1) >= SRM_MIN_EFFECTIVE)
+        & (share.min(axis=1) >= SRM_MIN_SHARE)
+        & np.isfinite(p)
+        & (p < np.array(levels))
+    )
     for r in np.nonzero(empty | testable)[0]:
         key = keys[r]
         severity = "critical" if key == "*" else "warning"

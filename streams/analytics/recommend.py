@@ -26,8 +26,17 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f} %" if math.isfinite(x) else "n/a"
 
 
+LIFT_SHOWN_UP_TO: Final = 10.0
+"""Lifts above +1000 % are written "> +1000 %": an interval's upper end can be astronomic
+when the variant compared with has hardly converted, and its digits say nothing."""
+
+
 def signed(x: float) -> str:
-    return f"{100 * x:+.0f} %" if math.isfinite(x) else "n/a"
+    if not math.isfinite(x):
+        return "n/a"
+    if x > LIFT_SHOWN_UP_TO:
+        return f"> {100 * LIFT_SHOWN_UP_TO:+.0f} %"
+    return f"{100 * x:+.0f} %"
 
 
 def _name(names: dict[str, str], variant: str) -> str:

@@ -136,3 +136,16 @@ def test_a_spike_of_unattributed_conversions_is_reported() -> None:
         build_insights("e", VARIANTS, after, (before,), now=after.taken_at, dead_letters=900)
     )
     assert "dead_letter_spike" in {a["type"] for a in dead}
+
+
+def test_srm_does_not_test_a_variant_the_bandit_starved() -> None:
+    # the demo's false alarm: b shown to 2 % of the segment, all at propensity 1/3 so far
+    # (its rare tiny-propensity exposures, whose 1/p make up E[W_b] = N, not seen yet):
+    # W_b = 216 against W_a = 3,692, a χ² in the hundreds, yet nothing was lost
+    starved = {"s:x": (_stats(3600, 300, 0.975), _stats(72, 3, 1 / 3))}
+    docs = build_insights("e", VARIANTS, _snapshot(T0, starved), now=T0)
+    assert not [a for a in _anomalies(docs) if a["type"] == "sample_ratio_mismatch"]
+    # the same gap with b at 8 % of the exposures is tested, and flagged
+    shown = {"s:x": (_stats(3600, 300, 0.975), _stats(300, 12, 1 / 3))}
+    docs = build_insights("e", VARIANTS, _snapshot(T0, shown), now=T0)
+    assert [a for a in _anomalies(docs) if a["type"] == "sample_ratio_mismatch"]
