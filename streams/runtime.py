@@ -51,6 +51,7 @@ class Runtime:
         self._store_lock = asyncio.Lock()
         self.send_raw: SendFn | None = None
         self._last_outage_log: dict[str, float] = {}
+        self._last_failure_log: dict[str, float] = {}
 
     async def store(self) -> StateStore:
         async with self._store_lock:
@@ -164,11 +165,15 @@ class Runtime:
             await asyncio.sleep(min(left, 0.1))
 
     def log_failure(self, what: str, exc: BaseException) -> None:
-        """An outage once a minute per `what`; anything else with its traceback, each time."""
+        """Once a minute per `what`: an outage in a line, anything else with its traceback
+        (a timer that fails on every tick would otherwise log twice a second)."""
         if is_transient(exc):
             self._log_outage(what, exc)
-        else:
-            log.error("%s failed; tried again later", what, exc_info=exc)
+            return
+        now = time.monotonic()
+        if now - self._last_failure_log.get(what, -1e9) >= 60:
+            self._last_failure_log[what] = now
+            log.error("%s failed; tried again on every tick", what, exc_info=exc)
 
     def _log_outage(self, stage: str, exc: BaseException) -> None:
         now = time.monotonic()
