@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
 from streams.contracts import RejectReason, parse_timestamp
 from streams.core.segments import parse_segment_key
+from streams.core.snapshot import VariantStats
 from streams.experiments import ExperimentRegistry
 from streams.pipeline.events import Limits, RawEvent, Reject, decode, reject
 
@@ -460,16 +461,8 @@ def attribute(
 # ------------------------------------------------------------------ deltas
 
 
-DELTA_FIELDS = (
-    "exposures",
-    "conversions",
-    "conversion_value",
-    "repeat_conversions",
-    "ipw_weight",
-    "ipw_weight_sq",
-    "ipw_conversions",
-    "ipw_conversions_sq",
-)
+DELTA_FIELDS = tuple(f.name for f in fields(VariantStats) if not f.name.startswith("effective_"))
+"""What a delta carries: the raw sums of core/snapshot.py (the owner derives the effective)."""
 
 
 def deltas(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -505,18 +505,7 @@ class LearnBatch:
         )
 
 
-_STATS_FIELDS = (
-    "exposures",
-    "conversions",
-    "conversion_value",
-    "repeat_conversions",
-    "ipw_weight",
-    "ipw_weight_sq",
-    "ipw_conversions",
-    "ipw_conversions_sq",
-    "effective_exposures",
-    "effective_conversions",
-)
+_STATS_FIELDS = tuple(f.name for f in fields(VariantStats))
 
 
 def owned_row(r: Mapping[str, Any]) -> OwnedRow:
