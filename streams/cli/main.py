@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import sys
@@ -120,30 +121,21 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return demo.main(args, settings)
 
 
+BENCHES = {  # name → help; each is the module streams.bench.NAME (add_arguments, main)
+    "policies": "bandit policies on simulated traffic",
+    "context": "extract_context per visit: cached and uncached p50/p99",
+    "learning": "exposure sent → counted in a published allocation: p50/p99",
+    "aa": "A/A and A/B runs: false positives and power of the analytics' flags",
+    "faults": "the fault model on the real broker and Postgres: lost, double-counted",
+    "pipeline": "one worker on the real broker: throughput and latency vs references",
+}
+
+
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    if args.bench == "policies":
-        from streams.bench import policies
-
-        return policies.main(args)
-    if args.bench == "context":
-        from streams.bench import context
-
-        return context.main(args)
-    if args.bench == "learning":
-        from streams.bench import learning
-
-        return learning.main(args)
-    if args.bench == "aa":
-        from streams.bench import aa
-
-        return aa.main(args)
-    if args.bench == "faults":
-        from streams.bench import faults
-
-        return faults.main(args)
-    from streams.bench import pipeline
-
-    return pipeline.main(args)
+    main: Callable[[argparse.Namespace], int] = importlib.import_module(
+        f"streams.bench.{args.bench}"
+    ).main
+    return main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,46 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks that print a table")
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    policies = benches.add_parser("policies", help="bandit policies on simulated traffic")
-    _add_policy_bench_arguments(policies)
-    context_bench = benches.add_parser(
-        "context", help="extract_context per visit: cached and uncached p50/p99"
-    )
-    from streams.bench.context import add_arguments as context_arguments
-
-    context_arguments(context_bench)
-    learning_bench = benches.add_parser(
-        "learning", help="exposure sent → counted in a published allocation: p50/p99"
-    )
-    from streams.bench.learning import add_arguments as learning_arguments
-
-    learning_arguments(learning_bench)
-    aa_bench = benches.add_parser(
-        "aa", help="A/A and A/B runs: false positives and power of the analytics' flags"
-    )
-    from streams.bench.aa import add_arguments as aa_arguments
-
-    aa_arguments(aa_bench)
-    faults_bench = benches.add_parser(
-        "faults", help="the fault model on the real broker and Postgres: lost, double-counted"
-    )
-    from streams.bench.faults import add_arguments as faults_arguments
-
-    faults_arguments(faults_bench)
-    pipeline = benches.add_parser(
-        "pipeline", help="one worker on the real broker: throughput and latency vs references"
-    )
-    from streams.bench.pipeline import add_arguments as pipeline_arguments
-
-    pipeline_arguments(pipeline)
+    for name, help_ in BENCHES.items():
+        module = importlib.import_module(f"streams.bench.{name}")
+        module.add_arguments(benches.add_parser(name, help=help_))
     bench.set_defaults(handler=_bench)
     return parser
-
-
-def _add_policy_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from streams.bench import policies
-
-    policies.add_arguments(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
