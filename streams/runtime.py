@@ -30,6 +30,7 @@ from streams.topics import DEADLETTER, topic_specs
 log = logging.getLogger("bandit_stream")
 SendFn = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
 BatchHandler = Callable[["Runtime", Sequence[RawEvent]], Awaitable[None]]
+PoisonHandler = Callable[[RawEvent], Awaitable[None]]
 PERMANENT_TRIES = 3
 
 
@@ -112,14 +113,21 @@ class Runtime:
                 exit_uncommitted(stage)
             raise
 
-    async def settle(self, stage: str, batch: Sequence[RawEvent], handle: BatchHandler) -> None:
+    async def settle(
+        self,
+        stage: str,
+        batch: Sequence[RawEvent],
+        handle: BatchHandler,
+        poisoned: PoisonHandler | None = None,
+    ) -> None:
         """Apply a batch until it is applied, or its poison records are dead-lettered.
 
         An outage (`errors.is_transient`) waits and retries, forever, with backoff and one
         log line a minute. Any other error is retried `PERMANENT_TRIES` times, then the batch
         is split in halves, each settled on its own, down to the record that fails alone:
-        that one goes to the dead-letter topic with the exception, and the partition goes on.
-        A batch that fails while the worker stops is never acked: the process exits.
+        that one goes to the dead-letter topic with the exception (then to `poisoned`, if
+        given, so that what holds it can let it go), and the partition goes on. A batch that
+        fails while the worker stops is never acked: the process exits.
         """
         tries = 0
         delay = 0.2
@@ -146,13 +154,15 @@ class Runtime:
                     continue
                 if len(batch) == 1:
                     await self._poison(stage, batch[0], exc)
+                    if poisoned is not None:
+                        await poisoned(batch[0])
                     return
                 log.warning(
                     "%s: batch of %d keeps failing (%r); splitting it", stage, len(batch), exc
                 )
                 half = len(batch) // 2
-                await self.settle(stage, batch[:half], handle)
-                await self.settle(stage, batch[half:], handle)
+                await self.settle(stage, batch[:half], handle, poisoned)
+                await self.settle(stage, batch[half:], handle, poisoned)
                 return
 
     async def _pause(self, seconds: float) -> None:

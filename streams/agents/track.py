@@ -37,6 +37,7 @@ from streams.sink.batches import Outgoing, TrackBatch
 from streams.topics import CONVERSIONS, DECISIONS, EXPOSURES, SEGMENT_DELTAS
 
 STAGE = "track"
+SWEEP = "sweep"  # the label of the re-reads of waiting records in logs and metrics
 MAX_ROUNDS = 8  # a woken record can wake others (decision → exposure → conversion)
 log = logging.getLogger("bandit_stream.track")
 
@@ -158,20 +159,30 @@ async def _send_deltas(rt: Runtime, rows: Sequence[Outgoing]) -> None:
 
 async def sweep_waiting(rt: Runtime, partitions: Iterable[int], limit: int = 500) -> None:
     """Re-read what waits on these visitor partitions: its experiment is known now, or its
-    wait is over. Runs under the partitions' watermark locks, like a batch."""
+    wait is over. Each set runs under its partition's watermark locks, like a batch, and is
+    settled like one: a record that fails alone is dead-lettered and no longer waits, so it
+    cannot hold back the records behind it."""
     store = await rt.store()
     known = [e.experiment_id for e in rt.registry.experiments()]
-    topics = [rt.topics[DECISIONS], rt.topics[EXPOSURES], rt.topics[CONVERSIONS]]
     due = await store.partitions_due(known, datetime.now(UTC))
     for partition in sorted(due.intersection(partitions)):
         while True:
-            async with store.waiting_batch(STAGE, topics, partition) as tx:
-                ready, expired = await tx.take_due(partition, known, datetime.now(UTC), limit)
-                if ready or expired:
-                    await apply(rt, tx, ready, expired=expired)
-            await send_outbox(rt, tx.outbox)
-            if len(ready) + len(expired) < limit:
+            events = await store.due_waiting(partition, known, datetime.now(UTC), limit)
+            if events:
+                await rt.settle(SWEEP, events, _apply_waiting, store.forget_waiting)
+            if len(events) < limit:
                 break
+
+
+async def _apply_waiting(rt: Runtime, events: Sequence[RawEvent]) -> None:
+    """Take these waiting records (of one partition) out and apply them, in one transaction."""
+    store = await rt.store()
+    topics = [rt.topics[DECISIONS], rt.topics[EXPOSURES], rt.topics[CONVERSIONS]]
+    async with store.waiting_batch(STAGE, topics, events[0].partition) as tx:
+        ready, expired = await tx.take_due(events, datetime.now(UTC))
+        if ready or expired:
+            await apply(rt, tx, ready, expired=expired)
+    await send_outbox(rt, tx.outbox)
 
 
 async def resend_outbox(rt: Runtime, older_than_s: float = 5.0) -> None:

@@ -1596,6 +1596,94 @@ async def delta_twice(
     return result
 
 
+REFUSE_POISON = """
+CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.exposure_event_id LIKE 'poison-%' THEN
+        RAISE EXCEPTION 'injected fault: exposure % refused', NEW.exposure_event_id;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_poison BEFORE INSERT ON exposure_log
+    FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+"""
+
+
+async def _waiting_rows(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM pending_events") or 0)
+    finally:
+        await conn.close()
+
+
+async def poison_waiting(
+    settings: Settings, workdir: Path, database_url: str, *, scale: float = 1, seed: int = 17
+) -> Result:
+    """Exposures and conversions that wait for their experiment, one of which fails when it
+    is read again (the database refuses it: a permanent error, as a bug would raise). Once
+    the experiment exists, that one is dead-lettered alone and every record waiting beside
+    it is counted."""
+    started = time.monotonic()
+    result = Result("poison-waiting")
+    rng = random.Random(seed)
+    env = await open_env(settings, workdir, database_url, BANDIT_UNKNOWN_EXPERIMENT_WAIT_S="600")
+    try:
+        conn = await asyncpg.connect(env.dsn, timeout=10)
+        try:
+            await conn.execute(REFUSE_POISON)
+        finally:
+            await conn.close()
+        traffic = backlog(rng, "late", int(400 * scale), SEGMENTS[:8], "late")
+        # a decision of record (kept whatever the experiment) and its exposure, which waits
+        # for the experiment and is refused by the database when it is read again
+        decision = {**traffic.decisions[0], "decision_id": "poison-d0", "event_id": "poison-v"}
+        decision["visitor_id"] = "poison-visitor"
+        exposure = {
+            **traffic.exposures[0],
+            "event_id": "poison-x0",
+            "decision_id": "poison-d0",
+            "visitor_id": "poison-visitor",
+        }
+        poison = doc_item(EXPOSURES, exposure, kind="poison")
+        items = [*traffic.items, doc_item(DECISIONS, decision), poison]
+        await env.start("poison")
+        async with Sender(env.settings) as sender:
+            sent = await sender.send(items)
+        result.produced, result.faults = len(sent), 1
+        (where,) = [s.where for s in sent if s.item.fault]
+
+        waits = sum(s.item.base != DECISIONS for s in sent)
+
+        async def all_waiting() -> bool:
+            return await _waiting_rows(env.dsn) == waits
+
+        if not await poll_until(all_waiting, 60):
+            result.problems.append(f"{await _waiting_rows(env.dsn)} of {waits} waiting")
+        await create_experiment(env, "late", sticky=False)
+        expected = traffic.ledger.expected()
+        got, _ = await wait_exact(env.dsn, "late", expected, 60)
+        _count_check(result, expected, got)
+        left = await _waiting_rows(env.dsn)
+        result.facts["still_waiting"] = left
+        if left:
+            result.problems.append(f"{left} records still waiting")
+        async with Tail(env.settings, DEADLETTER) as tail:
+            await tail.drain()
+        result.dead_lettered = Counter(str(d.get("reason")) for d in tail.docs)
+        found = [(d.get("source_topic"), d.get("partition"), d.get("offset")) for d in tail.docs]
+        if found != [where] or set(result.dead_lettered) != {"processing_error"}:
+            result.problems.append(
+                f"dead letters {found} {dict(result.dead_lettered)}; "
+                f"expected one processing_error at {where}"
+            )
+        _alive(result, env.workers[0], "poison")
+    finally:
+        env.stop_all()
+    result.seconds = time.monotonic() - started
+    return result
+
+
 # --------------------------------------------------------------------- the command
 
 SCENARIOS = (
@@ -1606,6 +1694,7 @@ SCENARIOS = (
     "rebalance",
     "hot-segment",
     "delta-twice",
+    "poison-waiting",
 )  # fmt: skip
 
 
@@ -1669,6 +1758,9 @@ async def run(base: Settings, names: Iterable[str], scale: float, seed: int) -> 
                 r = await rebalance(s, where, dsn, scale=scale)
         elif name == "hot-segment":
             r = await hot_segment(s, where, scale=scale, port=15636)
+        elif name == "poison-waiting":
+            async with _database(base) as dsn:
+                r = await poison_waiting(s, where, dsn, scale=scale, seed=seed)
         else:
             async with _database(base) as dsn:
                 r = await delta_twice(s, where, dsn)

@@ -174,25 +174,25 @@ class TrackBatch:
         return _raw(rows)
 
     async def take_due(
-        self, partition: int, known_experiments: Sequence[str], now: datetime, limit: int
+        self, events: Sequence[RawEvent], now: datetime
     ) -> tuple[list[RawEvent], list[RawEvent]]:
-        """(records whose experiment is now known, records whose wait is over), taken out."""
+        """Take these waiting records out: (those to read again, those whose wait is over).
+
+        A record a batch took meanwhile is not there any more, and is left out.
+        """
         rows = await self.conn.fetch(
             """
             DELETE FROM pending_events p
-            WHERE (p.source_topic, p.partition, p.source_offset) IN (
-                SELECT source_topic, partition, source_offset FROM pending_events
-                WHERE partition = $1 AND expired_at IS NULL
-                  AND (expires_at <= $3 OR (waiting_for = 'experiment'
-                                            AND experiment_id = ANY($2::text[])))
-                ORDER BY expires_at LIMIT $4)
+            USING unnest($1::text[], $2::int[], $3::bigint[]) AS k(topic, partition, offset_)
+            WHERE p.source_topic = k.topic AND p.partition = k.partition
+              AND p.source_offset = k.offset_ AND p.expired_at IS NULL
             RETURNING p.source_topic, p.partition, p.source_offset, p.payload,
-                      p.expires_at <= $3 AS expired
+                      p.expires_at <= $4 AS expired
             """,
-            partition,
-            list(known_experiments),
+            [e.topic for e in events],
+            [e.partition for e in events],
+            [e.offset for e in events],
             now,
-            limit,
         )
         return _raw(r for r in rows if not r["expired"]), _raw(r for r in rows if r["expired"])
 

@@ -109,6 +109,41 @@ class StateStore:
         )
         return {r["partition"] for r in rows}
 
+    async def due_waiting(
+        self, partition: int, known_experiments: Sequence[str], now: datetime, limit: int
+    ) -> list[RawEvent]:
+        """Up to `limit` waiting records of a visitor partition that can go on or must leave,
+        oldest deadline first (read only: `TrackBatch.take_due` takes them under the lock)."""
+        rows = await self.pool.fetch(
+            """
+            SELECT source_topic, partition, source_offset, payload FROM pending_events
+            WHERE partition = $1 AND expired_at IS NULL
+              AND (expires_at <= $3 OR (waiting_for = 'experiment'
+                                        AND experiment_id = ANY($2::text[])))
+            ORDER BY expires_at LIMIT $4
+            """,
+            partition,
+            list(known_experiments),
+            now,
+            limit,
+        )
+        return [
+            RawEvent(r["source_topic"], r["partition"], r["source_offset"], None, r["payload"])
+            for r in rows
+        ]
+
+    async def forget_waiting(self, event: RawEvent) -> None:
+        """Drop a waiting record (one that fails alone: it went to the dead-letter topic)."""
+        await self.pool.execute(
+            """
+            DELETE FROM pending_events
+            WHERE source_topic = $1 AND partition = $2 AND source_offset = $3
+            """,
+            event.topic,
+            event.partition,
+            event.offset,
+        )
+
     @asynccontextmanager
     async def learn_batch(
         self, stage: str, events: Sequence[RawEvent]

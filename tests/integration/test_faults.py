@@ -90,3 +90,12 @@ async def test_a_segment_delta_sent_twice_is_applied_once(
     result = await faults.delta_twice(settings, tmp_path, fresh_database, copies=2)
     print(report(result))  # the numbers, with -s
     assert_clean(result)
+
+
+async def test_a_waiting_record_that_fails_alone_does_not_hold_back_the_others(
+    settings: Settings, tmp_path: Path, fresh_database: str
+) -> None:
+    result = await faults.poison_waiting(settings, tmp_path, fresh_database, scale=1)
+    print(report(result))  # the numbers, with -s
+    assert result.facts["still_waiting"] == 0, report(result)
+    assert_clean(result)

@@ -96,3 +96,19 @@ async def test_a_huge_key_does_not_make_a_dead_letter_too_large_to_send() -> Non
     ((_, key, doc),) = sent
     assert key is not None and len(key) < 100 and key.startswith(b"blake2b:")
     assert len(orjson.dumps(doc)) < 1_000_000
+
+
+async def test_a_poison_record_is_handed_to_what_holds_it_once() -> None:
+    rt, sent = _runtime()
+    released: list[int] = []
+
+    async def handle(_: Runtime, batch: Any) -> None:
+        if any(e.offset == 3 for e in batch):
+            raise ValueError("cannot apply record 3")
+
+    async def poisoned(event: RawEvent) -> None:
+        released.append(event.offset)
+
+    await rt.settle("sweep", _batch(8), handle, poisoned)
+    assert released == [3], "only the record that fails alone is let go, once"
+    assert [doc["offset"] for _, _, doc in sent] == [3]
