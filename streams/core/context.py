@@ -17,7 +17,7 @@ Traffic sources follow GA4's default channel grouping (see ``channel``).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from types import MappingProxyType
@@ -91,7 +91,6 @@ COUNTRY_CODES: frozenset[str] = frozenset(_ISO_3166.split())
 _UA_MAX_CHARS = 512  # bounds regex cost and cache memory; real UAs are ~100-300 chars
 _TEXT_MAX_CHARS = 2048  # anything longer than this in a context is junk, not a URL
 _UTM_MAX_CHARS = 256  # the visits schema's bound; keeps the memo cache small
-_ALL_UNKNOWN = MappingProxyType(dict.fromkeys(FEATURES, UNKNOWN))
 
 
 def _invert(groups: Mapping[str, str], sep: str | None = None) -> dict[str, str]:
@@ -532,26 +531,50 @@ def channel(source: str, category: str, medium: str, campaign: str) -> str:
     return "unassigned"
 
 
-def _landing_params(ctx: Mapping[str, object]) -> dict[str, str]:
-    """The UTM tags and click ids of the landing URL's query (lower-cased names)."""
+def _landing_params(ctx: Mapping[str, object]) -> tuple[tuple[str, str], ...]:
+    """The UTM tags and click ids of the landing URL's query (lower-cased names, first
+    occurrence of each), as (name, value) pairs."""
     url = _text(ctx, "landing_url")
     query = (url or "").partition("?")[2].partition("#")[0]
-    if not any(hint in query.lower() for hint in _PARAM_HINTS):
-        return {}  # most landing URLs carry no tag: skip parsing them
+    if not query or not any(hint in query.lower() for hint in _PARAM_HINTS):
+        return ()  # most landing URLs carry no tag: skip parsing them
     try:
         pairs = parse_qsl(query, keep_blank_values=False)
     except ValueError:
-        return {}
+        return ()
     params: dict[str, str] = {}
     for key, value in pairs:
         name = key.lower()
         if name in _TRACKED_PARAMS and name not in params:
             params[name] = value.strip()[:_TEXT_MAX_CHARS]
-    return params
+    return tuple(params.items())
 
 
 def _classify_traffic(ctx: Mapping[str, object]) -> tuple[str, str, str]:
-    """(source, medium, channel) of a visit.
+    """(source, medium, channel) of a visit: `_traffic` of the fields it depends on."""
+    referrer = _get(ctx, "referrer")
+    return _traffic(
+        _landing_params(ctx),
+        _text(ctx, "utm_source"),
+        _text(ctx, "utm_medium"),
+        _text(ctx, "utm_campaign"),
+        referrer[:_TEXT_MAX_CHARS].strip() if isinstance(referrer, str) else None,
+    )
+
+
+@lru_cache(maxsize=2048)
+def _traffic(
+    landing_params: tuple[tuple[str, str], ...],
+    utm_source_field: str | None,
+    utm_medium_field: str | None,
+    utm_campaign_field: str | None,
+    referrer: str | None,
+) -> tuple[str, str, str]:
+    """(source, medium, channel) from the landing URL's tags and click ids, the utm_*
+    fields (``""`` absent, ``None`` not a string) and the stripped referrer (``None``
+    when absent or not a string).
+
+    Cached: the same few combinations of tags and referrers make most traffic.
 
     Precedence, as in GA4: Google's click ids, then UTM tags (the context's utm_* fields,
     else those of ``landing_url``), then other click ids, then the referrer. Only an
@@ -560,17 +583,21 @@ def _classify_traffic(ctx: Mapping[str, object]) -> tuple[str, str, str]:
     producer did not capture it, so the visit's source is ``unknown`` as the visits
     schema documents, unless tags or click ids say where it came from.
     """
-    params = _landing_params(ctx)
+    params = dict(landing_params)
     utm_source, utm_medium, campaign = (  # a field wins; a blank or absent one falls back
-        value if (value := _text(ctx, name)) != "" else params.get(name, "")
-        for name in ("utm_source", "utm_medium", "utm_campaign")
+        value if value != "" else params.get(name, "")
+        for name, value in (
+            ("utm_source", utm_source_field),
+            ("utm_medium", utm_medium_field),
+            ("utm_campaign", utm_campaign_field),
+        )
     )
     click = next((name for name in _CLICK_IDS if params.get(name)), None)
     if click in _GOOGLE_CLICK_IDS or (click and not (utm_source or utm_medium)):
         source, medium = _CLICK_IDS[click]
         name, category = _classify_source(source)
         if click == "fbclid":  # Meta's click id: Instagram's or Facebook's, the referrer says
-            referred = _classify_host(_host(_text(ctx, "referrer") or ""))
+            referred = _classify_host(_host(referrer or ""))
             name = referred[0] if referred and referred[1] == "social" else name
         return name, *_medium_and_channel(source, category, medium, campaign or "")
     if utm_source is None or utm_medium is None:  # a tag of the wrong type
@@ -578,14 +605,14 @@ def _classify_traffic(ctx: Mapping[str, object]) -> tuple[str, str, str]:
         return name, UNKNOWN, UNKNOWN
     if utm_source or utm_medium:
         name, category = _classify_source(utm_source) if utm_source else ("", "")
-        name = name or _referrer_source(ctx)[0]
+        name = name or _referrer_source(referrer)[0]
         if name == "direct" and utm_source.lower() not in ("direct", "(direct)"):
             name = OTHER
         raw_source = "(direct)" if name == "direct" else utm_source
         if name == "email":
             raw_source = "email"  # newsletter tools' names: GA4's "source = email" rule
         return name, *_medium_and_channel(raw_source, category, utm_medium, campaign or "")
-    name, raw_source, category = _referrer_source(ctx)
+    name, raw_source, category = _referrer_source(referrer)
     if name in (UNKNOWN, "direct"):
         return name, name, name
     # GA4 gives a search engine's visits medium "organic" and other sites' "referral"; a
@@ -599,10 +626,9 @@ def _medium_and_channel(source: str, category: str, medium: str, campaign: str) 
     return _CHANNEL_MEDIUM.get(group, OTHER), group
 
 
-def _referrer_source(ctx: Mapping[str, object]) -> tuple[str, str, str]:
-    """(source, raw source, category) from the referrer; ``direct`` for an empty one."""
-    value = _get(ctx, "referrer")
-    referrer = value[:_TEXT_MAX_CHARS].strip() if isinstance(value, str) else None
+def _referrer_source(referrer: str | None) -> tuple[str, str, str]:
+    """(source, raw source, category) from the stripped referrer (None: not captured);
+    ``direct`` for an empty one."""
     if referrer is None:
         return UNKNOWN, "", ""
     if not referrer:
@@ -709,31 +735,60 @@ def _local_time(ctx: Mapping[str, object], occurred_at: object) -> tuple[int | N
     return (local.hour if hour is None else hour), local.weekday()
 
 
-# --- public API -------------------------------------------------------------------------
+# --- feature groups -------------------------------------------------------------------
+#
+# Each group computes the features that share their inputs (one UA parse gives six), so
+# that `extract_features` computes only the groups a segment needs, and `extract_context`
+# all of them, with the same functions.
+
+_Group = Callable[[Mapping[str, object], object], tuple[str, ...]]
 
 
-def extract_context(
-    raw: Mapping[str, object] | object, occurred_at: datetime | None = None
-) -> dict[str, str]:
-    """Normalize a raw visit context into one string value per name in ``FEATURES``.
-
-    ``occurred_at`` is when the visit happened (naive datetimes are taken as UTC); it is
-    an argument rather than "now" so the function stays pure and replayable. Never
-    raises: anything unusable becomes ``UNKNOWN``.
-    """
-    if not isinstance(raw, Mapping):
-        return dict(_ALL_UNKNOWN)
+def _user_agent_features(raw: Mapping[str, object], occurred_at: object) -> tuple[str, ...]:
+    """device, os, browser, app, in_app, is_bot."""
     ua = _text(raw, "user_agent")
-    if ua:
-        device, os_name, browser, app, in_app, is_bot = _classify_user_agent(ua[:_UA_MAX_CHARS])
-    else:
-        device, os_name, browser, app, in_app, is_bot = _UNKNOWN_UA
-    touch_points = _integer(_get(raw, "max_touch_points"), 0, 1_000)
-    if device == "desktop" and os_name == "macos" and (touch_points or 0) > 1:
-        device, os_name = "tablet", "ios"  # an iPad asking for the desktop site (Macs say 0)
-    source, medium, channel_group = _classify_traffic(raw)
+    if not ua:
+        return _UNKNOWN_UA
+    features = _classify_user_agent(ua[:_UA_MAX_CHARS])
+    if features[0] == "desktop" and features[1] == "macos":
+        touch_points = _integer(_get(raw, "max_touch_points"), 0, 1_000)
+        if (touch_points or 0) > 1:  # an iPad asking for the desktop site (Macs say 0)
+            return ("tablet", "ios", *features[2:])
+    return features
+
+
+def _traffic_features(raw: Mapping[str, object], occurred_at: object) -> tuple[str, ...]:
+    """source, medium, channel."""
+    return _classify_traffic(raw)
+
+
+def _campaign_features(raw: Mapping[str, object], occurred_at: object) -> tuple[str, ...]:
+    """campaign_present."""
     campaign = _text(raw, "utm_campaign")
+    return (UNKNOWN if campaign is None else YES if campaign else NO,)
+
+
+def _country_features(raw: Mapping[str, object], occurred_at: object) -> tuple[str, ...]:
+    """country."""
+    return (_country(_text(raw, "country")),)
+
+
+def _language_features(raw: Mapping[str, object], occurred_at: object) -> tuple[str, ...]:
+    """language."""
+    return (_language(_text(raw, "language")),)
+
+
+def _time_features(raw: Mapping[str, object], occurred_at: object) -> tuple[str, ...]:
+    """hour_bucket, weekday."""
     hour, weekday = _local_time(raw, occurred_at)
+    return (
+        _bucket(hour, (6, 12, 18), ("night", "morning", "afternoon", "evening")),
+        UNKNOWN if weekday is None else "weekend" if weekday >= 5 else "weekday",
+    )
+
+
+def _session_features(raw: Mapping[str, object], occurred_at: object) -> tuple[str, ...]:
+    """pages_bucket, time_bucket, visitor_type."""
     session = _get(raw, "session")
     if not isinstance(session, Mapping):
         session = {}
@@ -747,24 +802,83 @@ def extract_context(
         visitor = "new"
     else:
         visitor = UNKNOWN
+    return (
+        _bucket(pages, (2, 4, 8), ("1", "2-3", "4-7", "8+")),
+        _bucket(seconds, (10, 60, 300), ("<10s", "10-60s", "1-5m", "5m+")),
+        visitor,
+    )
+
+
+def _screen_features(raw: Mapping[str, object], occurred_at: object) -> tuple[str, ...]:
+    """screen."""
     width = _number(_get(raw, "screen_width"), 1, 32_768)
-    return {
-        "device": device,
-        "os": os_name,
-        "browser": browser,
-        "app": app,
-        "in_app": in_app,
-        "is_bot": is_bot,
-        "source": source,
-        "medium": medium,
-        "channel": channel_group,
-        "campaign_present": UNKNOWN if campaign is None else YES if campaign else NO,
-        "country": _country(_text(raw, "country")),
-        "language": _language(_text(raw, "language")),
-        "hour_bucket": _bucket(hour, (6, 12, 18), ("night", "morning", "afternoon", "evening")),
-        "weekday": UNKNOWN if weekday is None else "weekend" if weekday >= 5 else "weekday",
-        "pages_bucket": _bucket(pages, (2, 4, 8), ("1", "2-3", "4-7", "8+")),
-        "time_bucket": _bucket(seconds, (10, 60, 300), ("<10s", "10-60s", "1-5m", "5m+")),
-        "visitor_type": visitor,
-        "screen": _bucket(width, (768, 1280), ("small", "medium", "large")),
-    }
+    return (_bucket(width, (768, 1280), ("small", "medium", "large")),)
+
+
+#: (feature names, the group computing them), in the order of FEATURES.
+FEATURE_GROUPS: tuple[tuple[tuple[str, ...], _Group], ...] = (
+    (("device", "os", "browser", "app", "in_app", "is_bot"), _user_agent_features),
+    (("source", "medium", "channel"), _traffic_features),
+    (("campaign_present",), _campaign_features),
+    (("country",), _country_features),
+    (("language",), _language_features),
+    (("hour_bucket", "weekday"), _time_features),
+    (("pages_bucket", "time_bucket", "visitor_type"), _session_features),
+    (("screen",), _screen_features),
+)
+
+
+_Plan = tuple[tuple[_Group, tuple[tuple[str, int], ...]], ...]
+
+
+@lru_cache(maxsize=256)
+def _plan(names: tuple[str, ...]) -> _Plan:
+    """The groups that compute `names`, each with (name, index in its values) to keep."""
+    unknown = set(names) - set(FEATURES)
+    if unknown:
+        msg = f"unknown context feature(s) {sorted(unknown)}; valid features: {FEATURES}"
+        raise ValueError(msg)
+    return tuple(
+        (group, tuple((name, i) for i, name in enumerate(group_names) if name in names))
+        for group_names, group in FEATURE_GROUPS
+        if not set(group_names).isdisjoint(names)
+    )
+
+
+# --- public API -------------------------------------------------------------------------
+
+
+def extract_features(
+    raw: Mapping[str, object] | object,
+    occurred_at: datetime | None = None,
+    names: tuple[str, ...] = FEATURES,
+) -> dict[str, str]:
+    """The features in ``names`` (of ``FEATURES``, in its order) of a raw visit context,
+    as ``extract_context`` gives them, computing only the groups they belong to.
+
+    Raises ValueError for a name not in ``FEATURES``; never for a context.
+    """
+    plan = _plan(names)
+    features: dict[str, str] = {}
+    if not isinstance(raw, Mapping):
+        for _, picks in plan:
+            for name, _ in picks:
+                features[name] = UNKNOWN
+        return features
+    for group, picks in plan:
+        values = group(raw, occurred_at)
+        for name, index in picks:
+            features[name] = values[index]
+    return features
+
+
+def extract_context(
+    raw: Mapping[str, object] | object, occurred_at: datetime | None = None
+) -> dict[str, str]:
+    """Normalize a raw visit context into one string value per name in ``FEATURES``.
+
+    ``occurred_at`` is when the visit happened (naive datetimes are taken as UTC); it is
+    an argument rather than "now" so the function stays pure and replayable. Never
+    raises: anything unusable becomes ``UNKNOWN``.
+    """
+    return extract_features(raw, occurred_at, FEATURES)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from hashlib import blake2b
 from itertools import accumulate
 
@@ -35,15 +36,21 @@ _SEPARATOR = "\x1f"
 _TWO_POW_53 = float(2**53)
 
 
+@lru_cache(maxsize=16)
+def _keyed(key: bytes) -> blake2b:
+    """A blake2b state that has absorbed `key`; copying it skips the key block per call."""
+    return blake2b(digest_size=8, key=key)
+
+
 def deterministic_uniform(*parts: str | int, key: bytes = DECISION_KEY) -> float:
     """A number in [0, 1) fixed by `parts` (e.g. event id, weights version).
 
     blake2b keyed with `key` over the parts joined by an ASCII unit separator;
     the top 53 bits give every representable double in [0, 1) on a 2^-53 grid.
     """
-    text = _SEPARATOR.join(str(part) for part in parts)
-    digest = blake2b(text.encode(), digest_size=8, key=key).digest()
-    return (int.from_bytes(digest, "big") >> 11) / _TWO_POW_53
+    hasher = _keyed(key).copy()
+    hasher.update(_SEPARATOR.join(map(str, parts)).encode())
+    return (int.from_bytes(hasher.digest(), "big") >> 11) / _TWO_POW_53
 
 
 def in_holdout(visitor_id: str, experiment_id: str, share: float) -> bool:
@@ -56,7 +63,8 @@ def in_holdout(visitor_id: str, experiment_id: str, share: float) -> bool:
     if not 0.0 <= share <= 1.0:
         message = f"holdout share must be in [0, 1], got {share!r}"
         raise ValueError(message)
-    return deterministic_uniform(experiment_id, visitor_id, key=HOLDOUT_KEY) < share
+    # u >= 0, so a share of 0 holds no one out: the hash is skipped, not the answer changed
+    return share > 0.0 and deterministic_uniform(experiment_id, visitor_id, key=HOLDOUT_KEY) < share
 
 
 def _pick(cumulative: Sequence[float], probabilities: Sequence[float], u: float) -> int:

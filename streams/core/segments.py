@@ -158,9 +158,24 @@ def segment_key(features: Mapping[str, str], dimensions: Sequence[str]) -> str:
         return ALL_SEGMENTS
     if not isinstance(features, Mapping):
         features = {}
+    values = tuple(features.get(name) for name in dims)
+    try:
+        return _cached_key(dims, values)
+    except TypeError:  # an unhashable value (it folds to unknown): not cacheable
+        return _key(dims, values)
+
+
+def _key(dims: tuple[str, ...], values: tuple[object, ...]) -> str:
     return PAIR_SEPARATOR.join(
-        f"{name}{NAME_SEPARATOR}{fold_value(name, features.get(name))}" for name in dims
+        f"{name}{NAME_SEPARATOR}{fold_value(name, value)}"
+        for name, value in zip(dims, values, strict=True)
     )
+
+
+@lru_cache(maxsize=4096)
+def _cached_key(dims: tuple[str, ...], values: tuple[object, ...]) -> str:
+    """`_key`, memoized: a handful of feature combinations make most visits."""
+    return _key(dims, values)
 
 
 def parse_segment_key(key: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from streams.contracts import RejectReason, format_timestamp, parse_timestamp
-from streams.core.context import extract_context
+from streams.core.context import extract_features
 from streams.core.decide import deterministic_uniform, in_holdout
 from streams.core.segments import segment_key
 from streams.experiments import Experiment, ExperimentRegistry
@@ -73,15 +73,18 @@ def prepare_visits(
                 )
             )
             continue
-        features = extract_context(doc.get("context") or {}, parse_timestamp(doc["occurred_at"]))
+        occurred_at = parse_timestamp(doc["occurred_at"])
+        dimensions = experiment.context_features
+        # only the features the segment key reads: the others would be computed for nothing
+        features = extract_features(doc.get("context") or {}, occurred_at, dimensions)
         visits.append(
             Visit(
                 event=event,
                 event_id=doc["event_id"],
                 visitor_id=doc["visitor_id"],
                 experiment=experiment,
-                segment_key=segment_key(features, experiment.context_features),
-                occurred_at=parse_timestamp(doc["occurred_at"]),
+                segment_key=segment_key(features, dimensions),
+                occurred_at=occurred_at,
             )
         )
     return visits, rejects

@@ -25,6 +25,7 @@ from streams.contracts import (
     RejectReason,
     dead_letter_record,
     decode_event,
+    fast_acceptor,
     format_timestamp,
     load_schema,
     parse_timestamp,
@@ -210,6 +211,72 @@ def test_validate_names_the_bad_output_field() -> None:
     assert result == Rejected(
         RejectReason.SCHEMA_VIOLATION, "field 'weights.control' must be at most 1, got 1.5"
     )
+
+
+# ---------------------------------------------------------------- the fast check of visits
+
+# Values at and beyond every bound of the visits schema, of every JSON type.
+EDGES = st.sampled_from(
+    [None, True, False, 0, -1, 1, 23, 24, -840, 841, 1000, 1001, 100_000, 100_001,
+     2**53 - 1, 2**53, 0.0, -0.0, 1.0, 23.0, 24.5, -0.5, 1e300, "", " ", "a", "a|b",
+     "x" * 64, "x" * 65, "x" * 128, "x" * 129, "x" * 256, "x" * 257, "x" * 1024, "x" * 1025,
+     "é", "id\n", "id ", "~!{}", "2024-05-01T12:00:00Z", "2024-05-01T12:00:00z",
+     "2024-05-01t12:00:00Z", "2024-02-29T23:59:59.999999999+23:59", "2023-02-29T00:00:00Z",
+     "2024-05-01T24:00:00Z", "2024-05-01T12:60:00Z", "2024-05-01T12:00:60Z",
+     "2024-05-01T12:00:00+24:00", "2024-05-01T12:00:00+01:60", "2024-05-01T12:00:00+0100",
+     "0000-01-01T00:00:00Z", "1900-02-29T00:00:00Z", "2000-02-29T00:00:00Z",
+     "2024-05-01T12:00:00.Z", "2024-05-01T12:00:00.1234567890Z", "2024-05-01T12:00:00Z\n",
+     "2024-05-01T12:00:00" + "0" * 21 + "Z", [], {}, [1], {"a": 1}]
+)  # fmt: skip
+
+
+def _reference(payload: dict[str, Any]) -> dict[str, Any] | Rejected:
+    """decode_event with fastjsonschema alone (a schema_dir turns the fast check off)."""
+    return decode(payload, schema_dir=SCHEMA_DIR)
+
+
+@settings(max_examples=1500)
+@given(st.data())
+def test_the_fast_check_of_visits_gives_the_same_answers_as_the_schema(
+    data: st.DataObject,
+) -> None:
+    doc = json.loads(json.dumps(data.draw(st.sampled_from(load_schema("visits")["examples"]))))
+    schema = load_schema("visits")["properties"]
+    places = [
+        (doc, sorted(schema)),
+        (doc.setdefault("context", {}), sorted(schema["context"]["properties"])),
+    ]
+    if data.draw(st.booleans()):
+        session = doc["context"]["session"] = data.draw(st.none() | st.just({}))
+        if session is not None:
+            places.append(
+                (session, sorted(schema["context"]["properties"]["session"]["properties"]))
+            )
+    for _ in range(data.draw(st.integers(1, 4))):
+        target, known = data.draw(st.sampled_from(places))
+        key = data.draw(st.sampled_from(known) | st.text(max_size=5))
+        if data.draw(st.booleans()) and key in target and key not in ("context", "session"):
+            del target[key]
+        else:
+            target[key] = data.draw(EDGES | JSON)
+    accepted = fast_acceptor("visits")(orjson.loads(orjson.dumps(doc)))
+    assert decode(doc) == _reference(doc)
+    if accepted:
+        assert _reference(doc) == doc
+
+
+def test_the_fast_check_accepts_ordinary_visits_and_leaves_the_rest_to_the_schema() -> None:
+    accept = fast_acceptor("visits")
+    assert all(accept(example) for example in load_schema("visits")["examples"])
+    for doc in [
+        visit(visitor_id="has space"),
+        visit(occurred_at="2024-12-31T23:59:60Z"),  # a leap second: valid RFC 3339
+        visit(context={"local_hour": 9.0}),  # an integer to the schema, a float to JSON
+        visit(context={"session": {"pages_viewed": -1}}),
+        visit(extra=1),
+    ]:
+        assert not accept(doc)
+        assert decode(doc) == _reference(doc)
 
 
 # ---------------------------------------------------------------- timestamps

@@ -15,12 +15,14 @@ from hypothesis import strategies as st
 
 from streams.core.context import (
     COUNTRY_CODES,
+    FEATURE_GROUPS,
     FEATURES,
     OTHER,
     UNKNOWN,
     VOCABULARIES,
     channel,
     extract_context,
+    extract_features,
 )
 
 pytestmark = pytest.mark.unit
@@ -695,3 +697,33 @@ def test_any_json_context_yields_every_feature_in_its_vocabulary(
 @given(raw=CONTEXTS, occurred_at=st.datetimes())
 def test_naive_datetimes_never_raise(raw: object, occurred_at: datetime) -> None:
     assert_in_vocabulary(extract_context(raw, occurred_at))
+
+
+# --- only the features a segment needs ----------------------------------------------------
+
+
+def test_the_feature_groups_compute_every_feature_once_in_order() -> None:
+    assert tuple(name for names, _ in FEATURE_GROUPS for name in names) == FEATURES
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=CONTEXTS, occurred_at=OCCURRED_AT, names=st.lists(st.sampled_from(FEATURES)))
+def test_extract_features_is_extract_context_restricted_to_the_names(
+    raw: object, occurred_at: datetime | None, names: list[str]
+) -> None:
+    everything = extract_context(raw, occurred_at)
+    wanted = {name: everything[name] for name in FEATURES if name in names}
+    assert extract_features(raw, occurred_at, tuple(names)) == wanted
+
+
+def test_extract_features_of_the_same_context_twice_is_the_same() -> None:
+    raw = {"user_agent": INSTAGRAM_IOS, "utm_source": "ig", "landing_url": "https://s.example/"}
+    first = extract_features(raw, None, ("device", "source"))
+    assert first == {"device": "mobile", "source": "instagram"}
+    first["device"] = "mutated"  # a fresh dict each time, though the parts are cached
+    assert extract_features(dict(raw), None, ("device", "source"))["device"] == "mobile"
+
+
+def test_extract_features_refuses_a_name_it_does_not_know() -> None:
+    with pytest.raises(ValueError, match="unknown context feature"):
+        extract_features({}, None, ("device", "devise"))

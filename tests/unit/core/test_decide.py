@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -10,6 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.core.decide import (
+    DECISION_KEY,
+    HOLDOUT_KEY,
     CumulativeWeights,
     choose,
     deterministic_uniform,
@@ -135,3 +138,13 @@ def test_holdouts_of_different_experiments_are_independent() -> None:
     # Independent membership: binomial(n, share^2), checked within 4 sd.
     p = share * share
     assert abs(both - n * p) <= 4 * math.sqrt(n * p * (1 - p))
+
+
+def test_deterministic_uniform_is_the_documented_keyed_hash() -> None:
+    # what replays depend on: blake2b-64 keyed, parts joined by U+001F, top 53 bits
+    for parts, key in [(("exp", "event-1"), DECISION_KEY), (("exp", "v-9"), HOLDOUT_KEY),
+                       (("e", 17, "x"), b"k")]:  # fmt: skip
+        text = "\x1f".join(map(str, parts)).encode()
+        digest = hashlib.blake2b(text, digest_size=8, key=key).digest()
+        expected = (int.from_bytes(digest, "big") >> 11) / 2.0**53
+        assert deterministic_uniform(*parts, key=key) == expected

@@ -266,3 +266,17 @@ def test_keys_of_arbitrary_feature_values_are_canonical(
     key = segment_key(features, dims)  # type: ignore[arg-type]
     assert_canonical(key, dims)
     assert segment_key(features, list(reversed(dims))) == key  # type: ignore[arg-type]
+
+
+def test_unhashable_and_repeated_feature_values_give_the_same_keys() -> None:
+    dims = ("device", "source")
+    assert segment_key({"device": ["mobile"], "source": {}}, dims) == (
+        "device:unknown|source:unknown"
+    )
+    for _ in range(2):  # the second time from the cache
+        assert segment_key({"device": " Mobile ", "source": 1}, dims) == (
+            "device:mobile|source:unknown"
+        )
+        assert segment_key({"device": "mobile", "source": True}, dims) == (
+            "device:mobile|source:unknown"
+        )
