@@ -167,27 +167,24 @@ def _acceptor(node: Mapping[str, Any], root: Mapping[str, Any]) -> Acceptor:
     if len(names) != 1:
         msg = f"type {types!r}: one type (or it and null) is implemented"
         raise UnsupportedSchema(msg)
-    check = _typed_acceptor(names[0], node, root)
-    return (lambda value: value is None or check(value)) if nullable else check
-
-
-def _typed_acceptor(name: str, node: Mapping[str, Any], root: Mapping[str, Any]) -> Acceptor:
-    if name == "string":
-        return _string_acceptor(node)
-    if name in ("integer", "number", "boolean"):
+    if names[0] == "string":
+        return _string_acceptor(node, nullable)
+    if names[0] in ("integer", "number", "boolean"):
         # Exact types, stricter than the schema (an integral float is an integer there):
         # whatever this refuses goes to fastjsonschema anyway.
-        kinds = {"integer": (int,), "number": (int, float), "boolean": (bool,)}[name]
+        kinds = {"integer": (int,), "number": (int, float), "boolean": (bool,)}[names[0]]
         low = node.get("minimum", -math.inf)
         high = node.get("maximum", math.inf)
+        if nullable:
+            return lambda value: value is None or (type(value) in kinds and low <= value <= high)
         return lambda value: type(value) in kinds and low <= value <= high
-    if name == "object":
-        return _object_acceptor(node, root)
-    msg = f"type {name!r} is not implemented"
+    if names[0] == "object":
+        return _object_acceptor(node, root, nullable)
+    msg = f"type {types!r} is not implemented"
     raise UnsupportedSchema(msg)
 
 
-def _string_acceptor(node: Mapping[str, Any]) -> Acceptor:
+def _string_acceptor(node: Mapping[str, Any], nullable: bool) -> Acceptor:
     low, high = node.get("minLength", 0), node.get("maxLength", math.inf)
     pattern, form = node.get("pattern"), node.get("format")
     if form not in (None, "date-time"):
@@ -200,9 +197,13 @@ def _string_acceptor(node: Mapping[str, Any]) -> Acceptor:
     search = re.compile(pattern[:-1] + r"\Z").search if pattern is not None else None
     dated = form == "date-time"
     if search is None and not dated and low == 0:  # most strings: a type and a length
+        if nullable:
+            return lambda value: value is None or (type(value) is str and len(value) <= high)
         return lambda value: type(value) is str and len(value) <= high
 
     def accept(value: Any) -> bool:
+        if value is None:
+            return nullable
         return (
             type(value) is str
             and low <= len(value) <= high
@@ -213,7 +214,7 @@ def _string_acceptor(node: Mapping[str, Any]) -> Acceptor:
     return accept
 
 
-def _object_acceptor(node: Mapping[str, Any], root: Mapping[str, Any]) -> Acceptor:
+def _object_acceptor(node: Mapping[str, Any], root: Mapping[str, Any], nullable: bool) -> Acceptor:
     properties = {k: _acceptor(v, root) for k, v in node.get("properties", {}).items()}
     required = frozenset(node.get("required", ()))
     extra = node.get("additionalProperties", True)
@@ -223,6 +224,8 @@ def _object_acceptor(node: Mapping[str, Any], root: Mapping[str, Any]) -> Accept
     closed = frozenset(properties) if extra is False else None
 
     def accept(value: Any) -> bool:
+        if value is None:
+            return nullable
         if type(value) is not dict or not required <= value.keys():
             return False
         if closed is not None and not value.keys() <= closed:

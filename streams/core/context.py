@@ -19,11 +19,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import cache, lru_cache
 from types import MappingProxyType
 from urllib.parse import parse_qsl, urlsplit
 
 import ua_parser
+import ua_parser.regex
 
 UNKNOWN = "unknown"
 OTHER = "other"
@@ -91,6 +92,22 @@ COUNTRY_CODES: frozenset[str] = frozenset(_ISO_3166.split())
 _UA_MAX_CHARS = 512  # bounds regex cost and cache memory; real UAs are ~100-300 chars
 _TEXT_MAX_CHARS = 2048  # anything longer than this in a context is junk, not a URL
 _UTM_MAX_CHARS = 256  # the visits schema's bound; keeps the memo cache small
+
+
+_Alternatives = tuple[str | tuple[str, str], ...]
+"""Alternatives of a token search in a lower-cased UA: a literal, or (a literal that every
+match contains, a regular expression)."""
+_Searches = tuple[tuple[str, Callable[[str], re.Match[str] | None] | None], ...]
+
+
+def _any_of(alternatives: _Alternatives) -> _Searches:
+    """The alternatives, ready for `_found`: searching for A|B|... is searching for each,
+    and one big regex tries every alternative at every position of a 300-character UA
+    (tens of microseconds), while a substring test rules most of them out at once."""
+    return tuple(
+        (item, None) if isinstance(item, str) else (item[0], re.compile(item[1]).search)
+        for item in alternatives
+    )
 
 
 def _invert(groups: Mapping[str, str], sep: str | None = None) -> dict[str, str]:
@@ -180,17 +197,14 @@ _OTHER_OSES = frozenset({"WatchOS", "ATV OS X", "tvOS", "Roku", "GoogleTV", "Web
 # (Fire TV sticks), "PlayStation"/"Xbox"/"Nintendo", "OculusBrowser"/"Quest" (VR),
 # "QtCarBrowser" (Tesla), "Kindle/3.0" (e-ink Kindle; Kindle Fire tablets say "Silk"),
 # "POV_TV-HDMI-210"/"Droid TV C2" (Android TV sticks), "Dreamcast", "Glass 1" (Google Glass).
-_OTHER_DEVICE_RE = re.compile(
-    r"smart-?tv|hbbtv|netcast|googletv|android ?tv|crkey|appletv|apple tv|\bweb0s|bravia|"
-    r"\baft[a-z]{1,3}\b|roku|playstation|xbox|nintendo|oculusbrowser|\bquest \d|qtcarbrowser|"
-    r"kindle/\d|\bwatch\d?,|watchos|\bdtv\b|\btv build\b|\bstb\b|tv-hdmi|droid tv|"
-    r"dreamcast|\bglass \d"
+_OTHER_DEVICE: _Alternatives = (
+    ("tv", r"smart-?tv"), "hbbtv", "netcast", "googletv", ("tv", r"android ?tv"), "crkey",
+    "appletv", "apple tv", ("web0s", r"\bweb0s"), "bravia", ("aft", r"\baft[a-z]{1,3}\b"),
+    "roku", "playstation", "xbox", "nintendo", "oculusbrowser", ("quest ", r"\bquest \d"),
+    "qtcarbrowser", ("kindle/", r"kindle/\d"), ("watch", r"\bwatch\d?,"), "watchos",
+    ("dtv", r"\bdtv\b"), ("tv build", r"\btv build\b"), ("stb", r"\bstb\b"), "tv-hdmi",
+    "droid tv", "dreamcast", ("glass ", r"\bglass \d"),
 )
-#: Every match of _OTHER_DEVICE_RE contains one of these: a cheap test first, because
-#: a regex of many alternatives tries each at every position of a 300-character UA.
-_OTHER_DEVICE_HINTS = ("tv", "netcast", "crkey", "web0s", "bravia", "aft", "roku", "playstation",
-                       "xbox", "nintendo", "oculusbrowser", "quest", "qtcarbrowser", "kindle/",
-                       "watch", "stb", "dreamcast", "glass")
 # Tablet evidence in the UA or in ua-parser's device family/model. Each alternative is
 # a token that only tablets send: "iPad"; "Tablet" (Firefox for Android tablets
 # "Android 13; Tablet; rv:125.0", "Pinterest for Android Tablet/...", "FBID/tablet" of
@@ -204,14 +218,20 @@ _OTHER_DEVICE_HINTS = ("tv", "netcast", "crkey", "web0s", "bravia", "aft", "roku
 # ending in "Tab" or "Tab 7" ("NetTAB", "LIFETAB_E10312", "FreeTAB 2096", "Lemon_Tab_LT29"),
 # or "Pad" ("OnePAD 725", "ViewPad 4", "CnM-TOUCHPAD 7", "MI PAD") — but not Coolpad's
 # phones ("Coolpad 7295"). Old tablets' browsers often sent "Mobile", so this goes first.
-_TABLET_RE = re.compile(
-    r"ipad|tablet|\bsilk/|\bkf[a-z]{2,4}\b|kindle fire|playbook|\bgt-p\d|\bsm-[tpx]\d|"
-    r"\bgt-n(?:51|80)\d|\bsgpt?\d|mediapad|memo ?pad|smartpad|\btb-?[x\d]\d|ideatab|"
-    r"yoga tab|nexus[ _](?:7|9|10)\b|pixel (?:c|tablet)\b|\btransformer (?:pad|prime|tf)|"
-    r"xoom|\bmz60\d|\bnook\b|htc[ _/]flyer|android 3\.\d|\bmid ?\d|mid\b|galaxy tab|"
-    r"\btab ?\d|\w+tab\b|(?:^|[\s_-])tab(?:[\s_\d-]|$)|(?<!cool)pad(?:[\s_\d-]|\b)"
+_TABLET: _Alternatives = (
+    "ipad", "tablet", ("silk/", r"\bsilk/"), ("kf", r"\bkf[a-z]{2,4}\b"), "kindle fire",
+    "playbook", ("gt-p", r"\bgt-p\d"), ("sm-", r"\bsm-[tpx]\d"), ("gt-n", r"\bgt-n(?:51|80)\d"),
+    ("sgp", r"\bsgpt?\d"), "mediapad", ("memo", r"memo ?pad"), "smartpad",
+    ("tb", r"\btb-?[x\d]\d"), "ideatab", "yoga tab", ("nexus", r"nexus[ _](?:7|9|10)\b"),
+    ("pixel ", r"pixel (?:c|tablet)\b"), ("transformer ", r"\btransformer (?:pad|prime|tf)"),
+    "xoom", ("mz60", r"\bmz60\d"), ("nook", r"\bnook\b"), ("flyer", r"htc[ _/]flyer"),
+    ("android 3.", r"android 3\.\d"), ("mid", r"\bmid ?\d"), ("mid", r"mid\b"), "galaxy tab",
+    ("tab", r"\btab ?\d"), ("tab", r"\w+tab\b"), ("tab", r"(?:^|[\s_-])tab(?:[\s_\d-]|$)"),
+    ("pad", r"(?<!cool)pad(?:[\s_\d-]|\b)"),
 )
-#: Every match of _TABLET_RE contains one of these (see _OTHER_DEVICE_HINTS).
+#: A text is searched for _TABLET only when it holds one of these. Every alternative but
+#: "kindle fire" contains one, so that one counts only beside other tablet evidence
+#: (a Kindle Fire's UA also says "Silk/" or "KF..." unless it is one of the first ones).
 _TABLET_HINTS = ("ipad", "tab", "pad", "silk/", "kf", "playbook", "gt-", "sm-", "sgp", "tb",
                  "nexus", "pixel", "transformer", "xoom", "mz60", "mid", "nook", "flyer",
                  "android 3.")
@@ -226,19 +246,39 @@ _FACEBOOK_SCREEN_RE = re.compile(r"fbdm/\{density=(\d+(?:\.\d+)?),width=(\d+),he
 # "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) ... Version/17.0 EdgiOS/124.0 Mobile/15E148
 # Safari/605.1.15". Plain desktop-mode Safari is identical to Mac Safari; producers can
 # tell those apart only with navigator.maxTouchPoints (context field max_touch_points).
-_IPAD_AS_MAC_RE = re.compile(r"crios/|fxios/|edgios/|opios/|\bgsa/|mobile/\w+|ipad")
+_IPAD_AS_MAC: _Alternatives = (
+    "crios/", "fxios/", "edgios/", "opios/", ("gsa/", r"\bgsa/"), ("mobile/", r"mobile/\w+"),
+    "ipad",
+)
 # Phones whose OS ua-parser reports as a desktop one or not at all: Windows CE/Mobile
 # ("MSIE 6.0; Windows CE; IEMobile 7.11"), J2ME feature phones ("Profile/MIDP-2.0
 # Configuration/CLDC-1.1"), WAP browsers ("UP.Browser/6.1", "Obigo", "NetFront").
-_PHONE_RE = re.compile(r"windows ce|iemobile|\bmidp|\bcldc|up\.browser|obigo|netfront|\bwap")
-_PHONE_HINTS = ("windows ce", "iemobile", "midp", "cldc", "up.browser", "obigo", "netfront", "wap")
+_PHONE: _Alternatives = (
+    "windows ce", "iemobile", ("midp", r"\bmidp"), ("cldc", r"\bcldc"), "up.browser", "obigo",
+    "netfront", ("wap", r"\bwap"),
+)
 _OTHER_DESKTOP_OSES = frozenset({"FreeBSD", "OpenBSD", "NetBSD", "BSD", "Solaris", "Mandriva"})
-_SAFARI_LIKE_RE = re.compile(r"safari/|firefox/|opera|presto/|\bversion/")
+_SAFARI_LIKE: _Alternatives = (
+    "safari/", "firefox/", "opera", "presto/", ("version/", r"\bversion/"),
+)
 # fmt: on
+_OTHER_DEVICE_ANY = _any_of(_OTHER_DEVICE)
+_TABLET_ANY = _any_of(_TABLET)
+_IPAD_AS_MAC_ANY = _any_of(_IPAD_AS_MAC)
+_PHONE_ANY = _any_of(_PHONE)
+_SAFARI_LIKE_ANY = _any_of(_SAFARI_LIKE)
 
 #: (device, os, browser, app, in_app, is_bot) of one UA.
 UserAgentFeatures = tuple[str, str, str, str, str, str]
 _UNKNOWN_UA: UserAgentFeatures = (UNKNOWN,) * 6
+
+
+@cache
+def _ua_parser() -> ua_parser.Parser:
+    """ua-parser's default parser (the Rust regex resolver, the same rules) without its
+    own cache: `_classify_user_agent` memoizes whole answers, so a second cache under it
+    would only add a lookup and an insertion to every UA it has not seen."""
+    return ua_parser.Parser(ua_parser.regex.Resolver(ua_parser.load_lazy_builtins()))
 
 
 @lru_cache(maxsize=8192)
@@ -249,7 +289,7 @@ def _classify_user_agent(ua: str) -> UserAgentFeatures:
     under one, and UA strings are heavily repeated across visits.
     """
     try:
-        result = ua_parser.parse(ua)
+        result = _ua_parser().parse(ua)
     except Exception:  # e.g. the Rust backend rejects lone surrogates
         return _UNKNOWN_UA
     low = ua.lower()
@@ -273,7 +313,7 @@ def _classify_user_agent(ua: str) -> UserAgentFeatures:
     )
     if is_bot:
         device_class = "bot"
-    elif "macintosh" in low and _IPAD_AS_MAC_RE.search(low):
+    elif "macintosh" in low and _found(_IPAD_AS_MAC_ANY, low):
         device_class, os_name = "tablet", "ios"
     else:
         device_class = _device_class(os_name, os_family, dev_family, model, low)
@@ -287,9 +327,16 @@ def _classify_user_agent(ua: str) -> UserAgentFeatures:
     )
 
 
-def _matches(pattern: re.Pattern[str], hints: tuple[str, ...], text: str) -> bool:
-    """pattern.search(text), skipped when none of the substrings its matches need is there."""
-    return any(hint in text for hint in hints) and pattern.search(text) is not None
+def _found(alternatives: _Searches, text: str) -> bool:
+    """Whether any of the alternatives occurs in `text` (see `_any_of`)."""
+    for literal, search in alternatives:
+        if literal in text and (search is None or search(text) is not None):
+            return True
+    return False
+
+
+def _tablet_token(text: str) -> bool:
+    return any(hint in text for hint in _TABLET_HINTS) and _found(_TABLET_ANY, text)
 
 
 def _smallest_width_dp(low: str) -> float | None:
@@ -322,27 +369,23 @@ def _device_class(os_name: str, os_family: str, dev_family: str, model: str, low
         or os_family in _OTHER_OSES
     ):
         return OTHER
-    if _matches(_OTHER_DEVICE_RE, _OTHER_DEVICE_HINTS, low):
+    if _found(_OTHER_DEVICE_ANY, low):
         return OTHER
     width = _smallest_width_dp(low)
     if width is not None:
         return "tablet" if width >= 600 else "mobile"
-    tablet = (
-        dev_family == "iPad"
-        or _matches(_TABLET_RE, _TABLET_HINTS, model)
-        or _matches(_TABLET_RE, _TABLET_HINTS, low)
-    )
+    tablet = dev_family == "iPad" or _tablet_token(model) or _tablet_token(low)
     if tablet and "windows nt" not in low:  # "Tablet PC 2.0" in desktop IE's UA is no tablet
         return "tablet"
     if (
         dev_family in ("iPhone", "iPod")
         or os_family in _MOBILE_OSES
         or "phone" in model
-        or _matches(_PHONE_RE, _PHONE_HINTS, low)
+        or _found(_PHONE_ANY, low)
     ):
         return "mobile"
     if os_name == "android":
-        if "mobile" in low or not _SAFARI_LIKE_RE.search(low):
+        if "mobile" in low or not _found(_SAFARI_LIKE_ANY, low):
             return "mobile"
         return "tablet"
     if os_name == "ios":
