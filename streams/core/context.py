@@ -11,7 +11,9 @@ User agents are parsed with the maintained ``ua-parser`` rule set first; our own
 (each with the UA strings that need it) only add what it does not answer: the form
 factor, in-app browsers, iPads that ask for the desktop site, crawlers it does not mark.
 The answer is memoized, because the same few hundred UA strings make most traffic.
-Traffic sources follow GA4's default channel grouping (see ``channel``).
+Traffic sources follow GA4's default channel grouping (see ``channel``), memoized by the
+fields they depend on. A segment reads a few features: ``extract_features`` computes only
+the groups of features they belong to, with the functions ``extract_context`` uses for all.
 """
 
 from __future__ import annotations
