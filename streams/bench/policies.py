@@ -2,14 +2,16 @@
 
 Every policy sees the same visitors and the same random draws for a given seed
 (common random numbers), so differences between policies are not luck of the
-traffic. Seeds are fixed: 20241, 20242, ...
+traffic. Seeds are fixed: `--first-seed` (default 20241), then the next
+`--seeds` - 1 integers.
 
 Contextual scenarios (`simulator.simulate`, `--visits` per run), columns per
 scenario and policy (means over seeds unless said otherwise):
 
-* regret_mean, regret_sd: cumulative expected regret against the per-segment
-  oracle, sum over visits of (best rate in the segment - rate of the shown
-  variant); sd across seeds.
+* regret_mean, regret_sd, regret_se: cumulative expected regret against the
+  per-segment oracle, sum over visits of (best rate in the segment - rate of
+  the shown variant); sd across seeds, and the standard error of the mean
+  (sd / sqrt(seeds)); `regrets` lists the per-seed values (JSON only).
 * best_share: share of visits that got their segment's best variant.
 * final_best_share: the same over the last 10 % of the visits (in `drift`:
   the share of the new best, i.e. whether the policy followed the change).
@@ -19,6 +21,10 @@ scenario and policy (means over seeds unless said otherwise):
   seeds, null if not reached.
 * conversions_vs_uniform: relative gain in expected conversions over an equal
   split of the same visitors (+0.12 = +12 %).
+
+Below each scenario: pooled / global, pooled / segment and pooled /
+min(global, segment), each with a 95 % interval over the seeds
+(`ratio_interval`; JSON: `ratios`).
 
 `drift` adds rows with `discount` < 1 (share of evidence kept per simulated
 minute, at the scenario's 10 visits per second).
@@ -42,6 +48,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from streams.bench.simulator import (
     SCENARIOS,
@@ -100,6 +107,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"{RESETS}: steps between feedback deliveries; repeatable or comma list (default 100)",
     )
     parser.add_argument("--seeds", type=_positive_int, default=5, help="runs per policy")
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=FIRST_SEED,
+        help=f"first of the consecutive seeds (default {FIRST_SEED})",
+    )
     parser.add_argument(
         "--scenario",
         action="append",
@@ -183,11 +196,81 @@ def run_once(scenario: str, row: str, seed: int, visits: int, steps: int) -> dic
     }
 
 
-def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, float | int | None]:
-    regrets = np.array([run["regret"] for run in runs])
-    summary: dict[str, float | int | None] = {
-        "regret_mean": float(regrets.mean()),
-        "regret_sd": float(regrets.std(ddof=1)) if regrets.size > 1 else 0.0,
+def standard_error(values: Sequence[float]) -> float | None:
+    """Standard error of the mean, sd (n - 1 denominator) / sqrt(n); None for one value."""
+    if len(values) < 2:
+        return None
+    return float(np.std(values, ddof=1) / np.sqrt(len(values)))
+
+
+def ratio_interval(
+    numerator: Sequence[float], denominator: Sequence[float], level: float = 0.95
+) -> tuple[float, float | None, float | None]:
+    """Ratio of means mean(x) / mean(y) of paired per-seed values, with its interval.
+
+    Seed i gives both x_i and y_i (common random numbers), so the two means are
+    correlated and the interval must use the paired covariance. Delta method on
+    the log ratio: with X, Y the means over n seeds,
+
+        log(X / Y) ~ log(E x / E y) + (X - E x) / E x - (Y - E y) / E y,
+
+    so Var(log(X / Y)) ~ Var(X) / (E x)^2 + Var(Y) / (E y)^2 - 2 Cov(X, Y) / (E x E y)
+    with Var(X) = s_x^2 / n, Var(Y) = s_y^2 / n, Cov(X, Y) = s_xy / n (sample
+    variances and covariance over seeds, n - 1 denominators). That equals
+    s_d^2 / n where d_i = x_i / X - y_i / Y, the per-seed paired difference of
+    relative values: a shared seed that is hard for both policies cancels.
+    The interval is exp(log(X / Y) +- t * s_d / sqrt(n)) with t the Student-t
+    quantile on n - 1 degrees of freedom (s_d is estimated from n seeds);
+    it is never negative and is not symmetric around the ratio. Identical
+    per-seed ratios x_i / y_i give a zero-width interval. The approximation is
+    first order and assumes near-normal means: with few seeds and skewed
+    regrets (one bad seed) read the interval as indicative. Returns
+    (ratio, low, high); low and high are None for fewer than 2 seeds.
+    """
+    x = np.asarray(numerator, dtype=float)
+    y = np.asarray(denominator, dtype=float)
+    if x.shape != y.shape:
+        message = f"paired values need the same seeds, got {x.size} and {y.size}"
+        raise ValueError(message)
+    ratio = float(x.mean() / y.mean())
+    if x.size < 2:
+        return ratio, None, None
+    differences = x / x.mean() - y / y.mean()
+    half_width = float(
+        stats.t.ppf(0.5 + level / 2, x.size - 1) * differences.std(ddof=1) / np.sqrt(x.size)
+    )
+    return ratio, ratio * float(np.exp(-half_width)), ratio * float(np.exp(half_width))
+
+
+def pooled_ratios(regrets: dict[str, Sequence[float]]) -> dict[str, dict[str, Any]]:
+    """`pooled` regret over `global`, `segment` and the better of the two, per-seed paired.
+
+    `regrets` maps a row label to its per-seed regrets, in the same seed order.
+    min(global, segment) is the policy with the smaller *mean* regret (named in
+    `baseline`); the interval is for pooled over that policy and does not
+    account for the choice, which matters only when the two means are close.
+    """
+    better = min(("global", "segment"), key=lambda name: float(np.mean(regrets[name])))
+    baselines = {"global": "global", "segment": "segment", "min(global, segment)": better}
+    ratios = {}
+    for label, baseline in baselines.items():
+        ratio, low, high = ratio_interval(regrets["pooled"], regrets[baseline])
+        ratios[f"pooled / {label}"] = {
+            "baseline": baseline,
+            "ratio": ratio,
+            "ci95_low": low,
+            "ci95_high": high,
+        }
+    return ratios
+
+
+def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    regrets = [float(run["regret"]) for run in runs]
+    summary: dict[str, Any] = {
+        "regret_mean": float(np.mean(regrets)),
+        "regret_sd": float(np.std(regrets, ddof=1)) if len(regrets) > 1 else 0.0,
+        "regret_se": standard_error(regrets),
+        "regrets": regrets,
         "best_share": float(np.mean([run["best_share"] for run in runs])),
     }
     if "min_probability" in runs[0]:
@@ -255,24 +338,33 @@ def _execute(
     return results
 
 
-def _contextual_lines(scenario: str, by_row: dict[str, dict[str, Any]]) -> list[str]:
+def _interval(ratio: dict[str, Any]) -> str:
+    if ratio["ci95_low"] is None:
+        return f"{ratio['ratio']:.2f}"
+    return f"{ratio['ratio']:.2f} [{ratio['ci95_low']:.2f}, {ratio['ci95_high']:.2f}]"
+
+
+def _se(row: dict[str, Any]) -> str:
+    return "-" if row["regret_se"] is None else f"{row['regret_se']:.1f}"
+
+
+def _contextual_lines(
+    scenario: str, by_row: dict[str, dict[str, Any]], ratios: dict[str, dict[str, Any]] | None
+) -> list[str]:
     lines = []
     for label, row in by_row.items():
         reached = "-" if row["visits_to_95"] is None else str(row["visits_to_95"])
         lines.append(
             f"{scenario:<14} {label:<20} {row['regret_mean']:>11.1f} {row['regret_sd']:>9.1f} "
-            f"{row['best_share']:>10.3f} {row['final_best_share']:>10.3f} {reached:>12} "
-            f"{row['conversions_vs_uniform']:>+15.3f}"
+            f"{_se(row):>9} {row['best_share']:>10.3f} {row['final_best_share']:>10.3f} "
+            f"{reached:>12} {row['conversions_vs_uniform']:>+15.3f}"
         )
-    pooled = by_row.get("pooled")
-    if pooled and "global" in by_row and "segment" in by_row:
-        global_regret = by_row["global"]["regret_mean"]
-        segment_regret = by_row["segment"]["regret_mean"]
+    if ratios:
+        best = ratios["pooled / min(global, segment)"]
         lines.append(
-            f"{'':<14} pooled / global = {pooled['regret_mean'] / global_regret:.2f}, "
-            f"pooled / segment = {pooled['regret_mean'] / segment_regret:.2f}, "
-            f"pooled / min(global, segment) = "
-            f"{pooled['regret_mean'] / min(global_regret, segment_regret):.2f}"
+            f"{'':<14} pooled / global = {_interval(ratios['pooled / global'])}, "
+            f"pooled / segment = {_interval(ratios['pooled / segment'])}, "
+            f"pooled / min(global, segment) = {_interval(best)} (min: {best['baseline']})"
         )
     return lines
 
@@ -280,13 +372,13 @@ def _contextual_lines(scenario: str, by_row: dict[str, dict[str, Any]]) -> list[
 def _reset_lines(scenario: str, by_row: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
         f"{scenario:<22} {'policy':<20} {'regret_mean':>11} {'regret_sd':>9} "
-        f"{'best_share':>10} {'min_probability':>15}"
+        f"{'regret_se':>9} {'best_share':>10} {'min_probability':>15}"
     ]
     for label, row in by_row.items():
         smallest = "-" if row["min_probability"] is None else f"{row['min_probability']:.2e}"
         lines.append(
             f"{'':<22} {label:<20} {row['regret_mean']:>11.1f} {row['regret_sd']:>9.1f} "
-            f"{row['best_share']:>10.3f} {smallest:>15}"
+            f"{_se(row):>9} {row['best_share']:>10.3f} {smallest:>15}"
         )
     reference = by_row.get("thompson (sampled)")
     if reference:
@@ -300,9 +392,13 @@ def _reset_lines(scenario: str, by_row: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _format_table(
-    summary: dict[str, dict[str, dict[str, Any]]], visits: int, steps: int, seeds: int
+    summary: dict[str, dict[str, dict[str, Any]]],
+    ratios: dict[str, dict[str, dict[str, Any]]],
+    visits: int,
+    steps: int,
+    seeds: Sequence[int],
 ) -> str:
-    seed_range = f"{seeds} seeds ({FIRST_SEED}..{FIRST_SEED + seeds - 1})"
+    seed_range = f"{len(seeds)} seeds ({seeds[0]}..{seeds[-1]})"
     lines = []
     contextual = {name: rows for name, rows in summary.items() if not name.startswith(RESETS)}
     if contextual:
@@ -312,10 +408,18 @@ def _format_table(
             " posteriors updated every visit (every 500 in `delayed`)",
             "",
             f"{'scenario':<14} {'policy':<20} {'regret_mean':>11} {'regret_sd':>9} "
-            f"{'best_share':>10} {'final_best':>10} {'visits_to_95':>12} {'conv_vs_uniform':>15}",
+            f"{'regret_se':>9} {'best_share':>10} {'final_best':>10} {'visits_to_95':>12} "
+            f"{'conv_vs_uniform':>15}",
         ]
         for scenario, by_row in contextual.items():
-            lines += [*_contextual_lines(scenario, by_row), ""]
+            lines += [*_contextual_lines(scenario, by_row, ratios.get(scenario)), ""]
+        if ratios:
+            lines += [
+                "ratios of mean regrets with 95 % intervals over the seeds, paired (delta method"
+                " on the log ratio, Student t); min = the policy with the smaller mean regret,"
+                " a choice the interval does not cover",
+                "",
+            ]
     for scenario, by_row in summary.items():
         if scenario.startswith(RESETS):
             lines += [
@@ -340,7 +444,7 @@ def main(args: argparse.Namespace) -> int:
         for name in names
         for label in ([_reset_label(d) for d in delay_values] if name == RESETS else [name])
     ]
-    seeds = [FIRST_SEED + i for i in range(args.seeds)]
+    seeds = [args.first_seed + i for i in range(args.seeds)]
     runs = [(s, row, seed) for s in labels for row in rows_for(s) for seed in seeds]
     progress = _Progress(len(runs), sys.stderr)
     results = _execute(runs, args.visits, args.steps, max(1, args.jobs), progress)
@@ -351,10 +455,16 @@ def main(args: argparse.Namespace) -> int:
         }
         for scenario in labels
     }
+    ratios = {
+        scenario: pooled_ratios({row: summary[scenario][row]["regrets"] for row in POLICIES})
+        for scenario in labels
+        if not scenario.startswith(RESETS)
+    }
     if args.json:
-        sys.stdout.write(json.dumps({"scenarios": summary}) + "\n")
+        document = {"scenarios": summary, "ratios": ratios, "seeds": seeds}
+        sys.stdout.write(json.dumps(document) + "\n")
     else:
-        sys.stdout.write(_format_table(summary, args.visits, args.steps, args.seeds))
+        sys.stdout.write(_format_table(summary, ratios, args.visits, args.steps, seeds))
     sys.stdout.flush()
     return 0
 
