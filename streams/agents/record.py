@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 
 from aiokafka.errors import KafkaError
 
@@ -21,8 +20,7 @@ from streams.pipeline.events import RawEvent
 from streams.runtime import Runtime
 from streams.topics import DECISIONS
 
-STAGE = "record"
-log = logging.getLogger("bandit_stream.record")
+STAGE = "record"  # the label of its batches in logs and metrics
 
 
 async def record_forever(rt: Runtime) -> None:
