@@ -170,8 +170,11 @@ def _plot_rates(axes: Any, doc: Document) -> None:
             lo, hi = cell["rate_interval"]
             xs.append(i + (j - (len(variants) - 1) / 2) * width)
             ys.append(100 * cell["rate"])
-            low.append(100 * (cell["rate"] - (lo if lo is not None else cell["rate"])))
-            high.append(100 * ((hi if hi is not None else cell["rate"]) - cell["rate"]))
+            # an IPW estimate can lie outside its interval (clipped to [0, 1]; the estimate
+            # itself is not, e.g. 1.08 from a few rare-propensity conversions): bars from
+            # the point to the interval's ends, never negative
+            low.append(max(0.0, 100 * (cell["rate"] - (lo if lo is not None else cell["rate"]))))
+            high.append(max(0.0, 100 * ((hi if hi is not None else cell["rate"]) - cell["rate"])))
         axes.errorbar(xs, ys, yerr=[low, high], fmt="o", capsize=3,
                       label=names.get(variant, variant))  # fmt: skip
     axes.set_xticks(range(len(rows)), [key for key, _ in rows], rotation=30, ha="right",

@@ -158,3 +158,15 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     out = plot(documents, history, tmp_path / "report.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot([], [], tmp_path / "empty.png").stat().st_size > 0
+
+
+def test_plot_draws_an_estimate_outside_its_clipped_interval(tmp_path: Path) -> None:
+    """An IPW rate above 1 (interval clipped to [0, 1]) once crashed the demo's plot."""
+    documents = fixture_documents()
+    reports = [d for d in documents if "report" in d and "global" in d["report"]]
+    assert reports, "the fixture has a lift report"
+    for doc in reports:
+        cell = doc["report"]["global"]["variants"][0]
+        cell["rate"], cell["rate_interval"] = 1.078, [0.0, 1.0]
+    out = plot(documents, [], tmp_path / "report.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
