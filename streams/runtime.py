@@ -119,6 +119,8 @@ class Runtime:
         batch: Sequence[RawEvent],
         handle: BatchHandler,
         poisoned: PoisonHandler | None = None,
+        *,
+        faust_acks: bool = True,
     ) -> None:
         """Apply a batch until it is applied, or its poison records are dead-lettered.
 
@@ -127,7 +129,9 @@ class Runtime:
         is split in halves, each settled on its own, down to the record that fails alone:
         that one goes to the dead-letter topic with the exception (then to `poisoned`, if
         given, so that what holds it can let it go), and the partition goes on. A batch that
-        fails while the worker stops is never acked: the process exits.
+        fails while the worker stops is never acked: the process exits — or, for records
+        faust does not ack (`faust_acks=False`: the decisions consumer, the sweep, whose
+        offsets live in Postgres only), the error goes to the caller, which stops.
         """
         tries = 0
         delay = 0.2
@@ -139,6 +143,8 @@ class Runtime:
                 raise
             except Exception as exc:
                 if self.stopping:
+                    if not faust_acks:
+                        raise
                     exit_uncommitted(stage)
                 if is_transient(exc):
                     metrics.TRANSIENT_WAITS.labels(stage=stage).inc()
@@ -161,8 +167,8 @@ class Runtime:
                     "%s: batch of %d keeps failing (%r); splitting it", stage, len(batch), exc
                 )
                 half = len(batch) // 2
-                await self.settle(stage, batch[:half], handle, poisoned)
-                await self.settle(stage, batch[half:], handle, poisoned)
+                await self.settle(stage, batch[:half], handle, poisoned, faust_acks=faust_acks)
+                await self.settle(stage, batch[half:], handle, poisoned, faust_acks=faust_acks)
                 return
 
     async def _pause(self, seconds: float) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from aiokafka.errors import KafkaError
 
@@ -21,16 +22,26 @@ from streams.runtime import Runtime
 from streams.topics import DECISIONS
 
 STAGE = "record"  # the label of its batches in logs and metrics
+log = logging.getLogger("bandit_stream.record")
 
 
 async def record_forever(rt: Runtime) -> None:
-    """Record decisions until cancelled; after any error, log it and start again."""
-    while True:
+    """Record decisions until the worker stops; after any error, log it and start again.
+
+    Once the worker stops, no new fetch is taken. A batch that fails then (faust stops its
+    producer before this task) is left for whoever reads the partition next: rolled back
+    with its offsets, or, if it failed after its commit, with its deltas in the outbox for
+    the resend. The process exits normally either way.
+    """
+    while not rt.stopping:
         try:
             await _record(rt)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if rt.stopping:
+                log.info("worker stopping: the decisions in flight are left for the next reader")
+                return
             rt.log_failure("recording decisions", exc)
             await asyncio.sleep(1.0)
 
@@ -47,7 +58,7 @@ async def _record(rt: Runtime) -> None:
     )
     await consumer.start()
     try:
-        while True:
+        while not rt.stopping:
             fetched = await consumer.getmany(timeout_ms=200, max_records=s.batch_max)
             batch = [
                 RawEvent(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
@@ -56,7 +67,7 @@ async def _record(rt: Runtime) -> None:
             ]
             if not batch:
                 continue
-            await rt.settle(STAGE, batch, record_decisions)
+            await rt.settle(STAGE, batch, record_decisions, faust_acks=False)
             # after a rebalance this may be refused: the offsets in Postgres still hold
             with contextlib.suppress(KafkaError):
                 await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in fetched.items()})

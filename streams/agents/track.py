@@ -184,7 +184,9 @@ async def sweep_waiting(rt: Runtime, partitions: Iterable[int], limit: int = 500
         while True:
             events = await store.due_waiting(partition, known, datetime.now(UTC), limit)
             if events:
-                await rt.settle(SWEEP, events, _apply_waiting, store.forget_waiting)
+                await rt.settle(
+                    SWEEP, events, _apply_waiting, store.forget_waiting, faust_acks=False
+                )
             if len(events) < limit:
                 break
 

@@ -112,3 +112,18 @@ async def test_a_poison_record_is_handed_to_what_holds_it_once() -> None:
     await rt.settle("sweep", _batch(8), handle, poisoned)
     assert released == [3], "only the record that fails alone is let go, once"
     assert [doc["offset"] for _, _, doc in sent] == [3]
+
+
+async def test_a_failure_while_stopping_goes_to_the_caller_when_faust_does_not_ack() -> None:
+    """The decisions consumer and the sweep keep their offsets in Postgres only: a batch that
+    fails while the worker stops must end their loop, not the process (exit 70 would make a
+    SIGTERM look like a crash)."""
+    rt, sent = _runtime()
+    rt.stopping = True
+
+    async def handle(_: Runtime, batch: Any) -> None:
+        raise ConnectionError("the producer is stopped")
+
+    with pytest.raises(ConnectionError):
+        await rt.settle("record", _batch(4), handle, faust_acks=False)
+    assert sent == [], "nothing dead-lettered: the batch is left for the next reader"
