@@ -54,7 +54,7 @@ import numpy as np
 from scipy import stats
 
 from streams.analytics import fixed
-from streams.analytics.ipw import Cells, ht_rate, log_ratio_independent
+from streams.analytics.ipw import Cells, hajek_rate, log_ratio_independent
 
 SRM_P: Final = 1e-4
 SRM_MIN_PER_VARIANT: Final = 5
@@ -189,12 +189,12 @@ def rate_drops(cells: Cells, earlier: Cells) -> list[Anomaly]:
     """Rates of the period since `earlier` against everything before it."""
     recent = cells.minus(earlier)
     found: list[Anomaly] = []
-    # per variant, over the experiment: inverse-propensity rates of the two periods
+    # per variant, over the experiment: inverse-propensity (Hájek) rates of the two periods
     k = len(cells.variants)
-    before = ht_rate(
-        earlier.y.sum(0), earlier.y2_floored.sum(0), np.full(k, earlier.decisions.sum())
+    before = hajek_rate(
+        earlier.sums.map(lambda a: a.sum(axis=0)), np.full(k, earlier.decisions.sum())
     )
-    now = ht_rate(recent.y.sum(0), recent.y2_floored.sum(0), np.full(k, recent.decisions.sum()))
+    now = hajek_rate(recent.sums.map(lambda a: a.sum(axis=0)), np.full(k, recent.decisions.sum()))
     change = log_ratio_independent(now, before)
     enough = (recent.conversions.sum(0) >= MIN_PERIOD_CONVERSIONS) & (
         earlier.conversions.sum(0) >= MIN_PERIOD_CONVERSIONS

@@ -3,8 +3,9 @@
 Two families of hypotheses, corrected together with e-BH (`sequential.e_bh`):
 
 * segment lift, per (segment s, variant v): μ_{s,v} / μ_v - 1, the segment's rate of v
-  against v's rate over the whole experiment, both inverse-propensity weighted
-  (`ipw.log_ratio_part_to_whole`). Flagged ones are high performers or underperformers.
+  against v's rate over the whole experiment, both inverse-propensity weighted (Hájek:
+  Σ y/p / Σ 1/p over the exposures, `ipw.hajek_rate`; `ipw.log_ratio_part_to_whole`).
+  Flagged ones are high performers or underperformers.
 * variant comparisons, per segment and for the experiment (`*`), per pair (a, b):
   μ_a / μ_b - 1 on the same decisions (`ipw.log_ratio_within`).
 
@@ -26,7 +27,14 @@ from typing import Final
 import numpy as np
 
 from streams.analytics import fixed, sequential
-from streams.analytics.ipw import Cells, Linear, ht_rate, log_ratio_part_to_whole, log_ratio_within
+from streams.analytics.ipw import (
+    Cells,
+    Linear,
+    Sums,
+    hajek_rate,
+    log_ratio_part_to_whole,
+    log_ratio_within,
+)
 
 MIN_EXPOSURES: Final = 100
 """Exposures each side of a comparison needs before it can be decision-grade."""
@@ -52,8 +60,8 @@ class Analysis:
 
     cells: Cells
     alpha: float
-    rate: Linear  # per (segment, variant), HT rate
-    global_rate: Linear  # per variant, HT rate over all decisions
+    rate: Linear  # per (segment, variant), Hájek rate
+    global_rate: Linear  # per variant, Hájek rate over all decisions
     segment_lift: Comparison  # flattened (segment, variant), row-major
     pairs: tuple[tuple[int, int], ...]  # variant index pairs (a, b), a < b
     pair_lift: Comparison  # flattened (segment or global last, pair), row-major
@@ -97,14 +105,14 @@ def analyse(cells: Cells, alpha: float = 0.05) -> Analysis:
     s_count, k = cells.exposures.shape
     decisions = cells.decisions[:, None] * np.ones((1, k))
     total_decisions = float(cells.decisions.sum())
-    y2 = cells.y2_floored
-    rate = ht_rate(cells.y, y2, decisions)
-    y_v, y2_v = cells.y.sum(axis=0), y2.sum(axis=0)
-    global_rate = ht_rate(y_v, y2_v, np.full(k, total_decisions))
+    sums = cells.sums
+    rate = hajek_rate(sums, decisions)
+    whole = sums.map(lambda a: a.sum(axis=0))
+    global_rate = hajek_rate(whole, np.full(k, total_decisions))
 
     # segment lift: (segment, variant) against the variant over all traffic
     part = log_ratio_part_to_whole(
-        cells.y, y2, decisions, y_v[None, :], y2_v[None, :], np.full((1, k), total_decisions)
+        sums, whole.map(lambda a: a[None, :]), np.full((1, k), total_decisions)
     )
     n_v, c_v = cells.exposures.sum(axis=0), cells.conversions.sum(axis=0)
     rest_n, rest_c = n_v[None, :] - cells.exposures, c_v[None, :] - cells.conversions
@@ -119,13 +127,12 @@ def analyse(cells: Cells, alpha: float = 0.05) -> Analysis:
     pairs = tuple(combinations(range(k), 2))
     rows_n = np.vstack([cells.exposures, n_v[None, :]])
     rows_c = np.vstack([cells.conversions, c_v[None, :]])
-    rows_y = np.vstack([cells.y, y_v[None, :]])
-    rows_y2 = np.vstack([y2, y2_v[None, :]])
+    rows = Sums.stack([sums, whole.map(lambda a: a[None, :])])
     rows_d = np.append(cells.decisions, total_decisions)
     a = np.array([pair[0] for pair in pairs], dtype=int)
     b = np.array([pair[1] for pair in pairs], dtype=int)
     within = log_ratio_within(
-        rows_y[:, a], rows_y2[:, a], rows_y[:, b], rows_y2[:, b], rows_d[:, None] * np.ones(len(a))
+        rows.map(lambda s: s[:, a]), rows.map(lambda s: s[:, b]), rows_d[:, None] * np.ones(len(a))
     )
     pair_guard = _guard(rows_n[:, a], rows_c[:, a]) & _guard(rows_n[:, b], rows_c[:, b])
     pz, pp = fixed.two_proportion_z(rows_c[:, a], rows_n[:, a], rows_c[:, b], rows_n[:, b])

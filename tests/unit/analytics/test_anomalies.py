@@ -114,7 +114,7 @@ def test_an_empty_variant_is_a_critical_mismatch() -> None:
 
 def test_a_rate_drop_against_history_is_reported() -> None:
     # before: 5 % on 10,000 decisions per variant; since: 2,000 more per variant at 2.5 %
-    # (50 instead of 100 conversions), a -50 % drop far beyond chance (z ≈ -4.5)
+    # (50 instead of 100 conversions), a -50 % drop far beyond chance (z ≈ -4.7)
     before = _snapshot(T0, {"s": (_stats(10_000, 500), _stats(10_000, 500))})
     after = _snapshot(T0 + timedelta(minutes=10), {"s": (_stats(12_000, 550), _stats(12_000, 550))})
     steady = _snapshot(

@@ -104,8 +104,8 @@ def test_hundred_segments_three_variants_in_a_few_milliseconds() -> None:
 
 
 def fixture_documents() -> list[dict]:  # type: ignore[type-arg]
-    # M: b converts 7 % vs 3.5 % (uniform 1/2 propensities): decision-grade;
-    # D: 4.2 % vs 3.9 %, no visible difference
+    # M: b converts 6.9 % (98 / 1,420) vs 3.5 % (49 / 1,400), uniform 1/2 propensities, so
+    # the Hájek rates are the raw rates: decision-grade; D: 4.2 % vs 3.9 %, no difference
     snap = snapshot({M: {"a": cell(1400, 49), "b": cell(1420, 98)},
                      D: {"a": cell(3100, 130), "b": cell(3080, 121)}})  # fmt: skip
     earlier = snapshot({M: {"a": cell(700, 25), "b": cell(710, 50)},
@@ -123,7 +123,7 @@ def test_advice_only_when_decision_grade_and_what_is_missing_otherwise() -> None
     serve = [i for i in items if i["action"] == "serve"]
     assert [(i["segment_key"], i["variant_id"]) for i in serve] == [(M, "b")]
     assert re.fullmatch(
-        rf"{re.escape(M)}: headline-b converts 7\.0 % vs 3\.5 % for headline-a, \+100 % "
+        rf"{re.escape(M)}: headline-b converts 6\.9 % vs 3\.5 % for headline-a, \+97 % "
         r"\[\+\d+ %, \+\d+ %\], n = 2,820 — decision-grade: headline-b is the best variant here",
         serve[0]["message"],
     )
