@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -17,9 +18,13 @@ from streams.core.context import (
     COUNTRY_CODES,
     FEATURE_GROUPS,
     FEATURES,
+    NO_HOST,
     OTHER,
     UNKNOWN,
     VOCABULARIES,
+    _host,
+    _referrer_host,
+    _traffic,
     channel,
     extract_context,
     extract_features,
@@ -299,6 +304,59 @@ def test_repeated_user_agent_gives_identical_features() -> None:
 def test_referrer_without_utm(referrer: object, source: str, medium: str) -> None:
     features = extract_context({"referrer": referrer})
     assert (features["source"], features["medium"]) == (source, medium)
+
+
+@pytest.mark.parametrize(
+    ("referrer", "key"),
+    [
+        (None, None),
+        ("", ""),
+        ("https://www.google.com/search?q=shoes&hl=de", "www.google.com"),
+        ("HTTPS://WWW.Google.COM:443/x", "www.google.com"),
+        ("https://user:pw@m.facebook.com/story.php?id=1", "m.facebook.com"),
+        ("android-app://com.google.android.gm/", "com.google.android.gm"),
+        ("www.bing.com/search?q=x", "www.bing.com"),
+        ("/checkout?step=2", NO_HOST),  # a referrer, but no host: not direct
+        ("https:///path", NO_HOST),
+    ],
+)
+def test_the_traffic_memo_is_keyed_by_the_referrer_host(referrer: str | None, key: str) -> None:
+    assert _referrer_host(referrer) == key
+
+
+def test_pages_of_one_referrer_site_share_one_memo_entry() -> None:
+    pages = [f"https://blog.memo-test.example/post/{i}?utm_x={i}#c" for i in range(5)]
+    before = _traffic.cache_info()
+    features = [extract_features({"referrer": page}, names=("source", "channel")) for page in pages]
+    after = _traffic.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 4)
+    assert features == [{"source": "referral", "channel": "referral"}] * 5
+    no_host = extract_context({"referrer": "/checkout"})
+    assert (no_host["source"], no_host["channel"]) == (UNKNOWN, UNKNOWN)
+
+
+def _urlsplit_host(url: str) -> str:
+    """What `_host` gave before its fast path: urlsplit's hostname, always."""
+    if "://" not in url and not url.startswith("//"):
+        url = "//" + url
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+_URL_PIECES = (
+    "https://", "http://", "//", "android-app://", "HTTPS://", "x y://", "1a://", "www.google.com",
+    "WWW.Google.CO.UK", "user:pw@", ":8080", "/path", "?q=1", "#f", "[::1]", "[bad", "\t", "\n",
+    "é", "localhost", ".", "-", "_", " ", "%2F", "@", "+", "\x00", "a:b",
+)  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(_URL_PIECES) | st.text(max_size=3), min_size=1, max_size=6))
+def test_the_host_of_a_url_is_urlsplits(pieces: list[str]) -> None:
+    url = "".join(pieces)
+    assert _host(url) == _urlsplit_host(url)
 
 
 @pytest.mark.parametrize(
