@@ -31,8 +31,8 @@ import orjson
 
 __all__ = [
     "CONTRACTS", "DEAD_LETTER_PAYLOAD_BYTES", "MAX_EVENT_BYTES", "RFC3339_PATTERN", "SCHEMA_DIR",
-    "RejectReason", "Rejected", "dead_letter_record", "decode_event", "fast_acceptor",
-    "format_timestamp", "load_schema", "parse_timestamp", "validate",
+    "RejectReason", "Rejected", "dead_letter_record", "decode_event", "decode_event_timed",
+    "fast_acceptor", "format_timestamp", "load_schema", "parse_timestamp", "validate",
 ]  # fmt: skip
 
 
@@ -201,14 +201,22 @@ def _string_acceptor(node: Mapping[str, Any], nullable: bool) -> Acceptor:
             return lambda value: value is None or (type(value) is str and len(value) <= high)
         return lambda value: type(value) is str and len(value) <= high
 
+    if not dated:  # ids: a pattern or a minimum length, tested on every field of a visit
+
+        def accept_text(value: Any) -> bool:
+            if type(value) is not str:
+                return nullable and value is None
+            return low <= len(value) <= high and (search is None or search(value) is not None)
+
+        return accept_text
+
     def accept(value: Any) -> bool:
-        if value is None:
-            return nullable
+        if type(value) is not str:
+            return nullable and value is None
         return (
-            type(value) is str
-            and low <= len(value) <= high
+            low <= len(value) <= high
             and (search is None or search(value) is not None)
-            and (not dated or _is_date_time(value))
+            and _is_date_time(value)
         )
 
     return accept
@@ -224,9 +232,9 @@ def _object_acceptor(node: Mapping[str, Any], root: Mapping[str, Any], nullable:
     closed = frozenset(properties) if extra is False else None
 
     def accept(value: Any) -> bool:
-        if value is None:
-            return nullable
-        if type(value) is not dict or not required <= value.keys():
+        if type(value) is not dict:
+            return nullable and value is None
+        if not required <= value.keys():
             return False
         if closed is not None and not value.keys() <= closed:
             return False
@@ -275,7 +283,11 @@ def format_timestamp(dt: datetime) -> str:
             msg = f"refusing to format naive datetime {dt!r}; attach a timezone"
             raise ValueError(msg)
         dt = dt.astimezone(UTC)
-    return dt.isoformat(timespec="milliseconds")[:-6] + "Z"
+    # what isoformat(timespec="milliseconds") gives without its "+00:00", in half the time
+    # (every decision formats one): the year is always 4 digits, 1 to 9999
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031 - f-strings are slower here
+        dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second, dt.microsecond // 1000,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- explaining failures
@@ -407,6 +419,30 @@ def decode_event(
     A None value (a tombstone) is rejected too: compacted-topic readers handle deletes
     before calling this.
     """
+    decoded = decode_event_timed(
+        contract,
+        raw,
+        max_bytes=max_bytes,
+        now=now,
+        max_future_skew=max_future_skew,
+        schema_dir=schema_dir,
+    )
+    return decoded if isinstance(decoded, Rejected) else decoded[0]
+
+
+def decode_event_timed(
+    contract: str,
+    raw: bytes | None,
+    *,
+    max_bytes: int,
+    now: datetime,
+    max_future_skew: timedelta,
+    schema_dir: Path | None = None,
+) -> tuple[dict[str, Any], datetime | None] | Rejected:
+    """`decode_event`, and the document's ``occurred_at`` as an aware UTC datetime (None
+    when it has no string ``occurred_at``): the future-skew check parses it anyway, and
+    the decide path needs it. Where the schema makes it a ``timestamp`` (RFC3339_PATTERN,
+    as in every contract), that is what `parse_timestamp` would give."""
     if not raw:
         return Rejected(RejectReason.MALFORMED_JSON, "message has no value; send a JSON object")
     if len(raw) > max_bytes:
@@ -435,6 +471,7 @@ def decode_event(
     if not fast and (rejected := _check(contract, doc, schema_dir)):
         return rejected
     occurred_at = doc.get("occurred_at")
+    when = None
     if isinstance(occurred_at, str):
         try:
             when = _parse_checked(occurred_at)
@@ -451,7 +488,7 @@ def decode_event(
                 f"field 'occurred_at' is {ahead:,.0f} s in the future ({occurred_at}); at most "
                 f"{max_future_skew.total_seconds():,.0f} s is tolerated; check the producer clock",
             )
-    return doc
+    return doc, when
 
 
 # ---------------------------------------------------------------- dead letters

@@ -1,6 +1,6 @@
 """The in-process decision: the service's own decide path, on this process's replicas.
 
-Nothing here is a copy: a visit goes through `prepare_visits` (validation, context,
+Nothing here is a copy: a visit goes through `prepare_visit` (validation, context,
 segment key) and `decide` (holdout, weights lookup, keyed-hash draw, decision id) of
 `streams.pipeline.decide`, so that for the same visit and the same weights version the
 decision is the one the service would publish. Sticky experiments are served from the
@@ -19,8 +19,8 @@ import orjson
 
 from streams.client.errors import InvalidVisit
 from streams.experiments import ExperimentRegistry
-from streams.pipeline.decide import StickyAssignment, Visit, decide, prepare_visits
-from streams.pipeline.events import Limits, RawEvent, RecentIds
+from streams.pipeline.decide import StickyAssignment, Visit, decide, prepare_visit
+from streams.pipeline.events import Limits, RawEvent, RecentIds, Reject
 from streams.pipeline.replica import WeightsReplica
 
 CLIENT_TOPIC = "client"
@@ -96,10 +96,10 @@ class LocalDecider:
         raw = visit if isinstance(visit, bytes) else orjson.dumps(visit)
         # every call is a record of its own: an event_id seen before is a duplicate
         event = RawEvent(CLIENT_TOPIC, 0, next(self._offsets), None, raw)
-        visits, rejects = prepare_visits([event], self.registry, self.limits, now, self.recent)
-        if rejects:
-            raise InvalidVisit.from_rejected(rejects[0].rejected)
-        return visits[0]
+        prepared = prepare_visit(event, self.registry, self.limits, now, self.recent)
+        if isinstance(prepared, Reject):
+            raise InvalidVisit.from_rejected(prepared.rejected)
+        return prepared
 
     def known_sticky(self, visit: Visit) -> StickyAssignment | None:
         """The variant this process decided for the visitor, if the experiment is sticky."""

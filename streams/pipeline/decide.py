@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from streams.contracts import RejectReason, format_timestamp, parse_timestamp
 from streams.core.context import extract_features
 from streams.core.decide import deterministic_uniform, in_holdout
 from streams.core.segments import segment_key
 from streams.experiments import Experiment, ExperimentRegistry
-from streams.pipeline.events import Limits, RawEvent, RecentIds, Reject, decode, reject
+from streams.pipeline.events import Limits, RawEvent, RecentIds, Reject, decode_timed, reject
 from streams.pipeline.replica import WeightsReplica, uniform_entry
 
 
-@dataclass(frozen=True)
-class Visit:
-    """A valid visit of a running experiment, with its segment."""
+class Visit(NamedTuple):
+    """A valid visit of a running experiment, with its segment.
+
+    Immutable records built once per visit are named tuples rather than frozen dataclasses:
+    a frozen dataclass sets each field through object.__setattr__ and costs ~3x as much to
+    build (~1 µs of a decision of ~10 µs in process)."""
 
     event: RawEvent
     event_id: str
@@ -34,8 +36,7 @@ class Visit:
     occurred_at: datetime
 
 
-@dataclass(frozen=True)
-class StickyAssignment:
+class StickyAssignment(NamedTuple):
     """The variant a visitor was last shown in an experiment (from the exposure log)."""
 
     variant_id: str
@@ -53,41 +54,51 @@ def prepare_visits(
     visits: list[Visit] = []
     rejects: list[Reject] = []
     for event in events:
-        doc = decode("visits", event, limits, now)
-        if isinstance(doc, Reject):
-            rejects.append(doc)
-            continue
-        experiment = registry.get(doc["experiment_id"])
-        refused = _refuse_experiment(event, doc["experiment_id"], experiment)
-        if refused is not None:
-            rejects.append(refused)
-            continue
-        assert experiment is not None
-        if recent.seen_before(doc["event_id"], event):
-            rejects.append(
-                reject(
-                    event,
-                    RejectReason.DUPLICATE_EVENT,
-                    f"visit event_id {doc['event_id']!r} was already processed; "
-                    "producers must give every visit its own event_id",
-                )
-            )
-            continue
-        occurred_at = parse_timestamp(doc["occurred_at"])
-        dimensions = experiment.context_features
-        # only the features the segment key reads: the others would be computed for nothing
-        features = extract_features(doc.get("context") or {}, occurred_at, dimensions)
-        visits.append(
-            Visit(
-                event=event,
-                event_id=doc["event_id"],
-                visitor_id=doc["visitor_id"],
-                experiment=experiment,
-                segment_key=segment_key(features, dimensions),
-                occurred_at=occurred_at,
-            )
-        )
+        prepared = prepare_visit(event, registry, limits, now, recent)
+        if isinstance(prepared, Reject):
+            rejects.append(prepared)
+        else:
+            visits.append(prepared)
     return visits, rejects
+
+
+def prepare_visit(
+    event: RawEvent,
+    registry: ExperimentRegistry,
+    limits: Limits,
+    now: datetime,
+    recent: RecentIds,
+) -> Visit | Reject:
+    """One visit of `prepare_visits` (the client decides them one at a time)."""
+    decoded = decode_timed("visits", event, limits, now)
+    if isinstance(decoded, Reject):
+        return decoded
+    doc, occurred_at = decoded
+    experiment = registry.get(doc["experiment_id"])
+    refused = _refuse_experiment(event, doc["experiment_id"], experiment)
+    if refused is not None:
+        return refused
+    assert experiment is not None
+    if recent.seen_before(doc["event_id"], event):
+        return reject(
+            event,
+            RejectReason.DUPLICATE_EVENT,
+            f"visit event_id {doc['event_id']!r} was already processed; "
+            "producers must give every visit its own event_id",
+        )
+    if occurred_at is None:  # never for a valid visit: its occurred_at is a required string
+        occurred_at = parse_timestamp(doc["occurred_at"])
+    dimensions = experiment.context_features
+    # only the features the segment key reads: the others would be computed for nothing
+    features = extract_features(doc.get("context") or {}, occurred_at, dimensions)
+    return Visit(
+        event=event,
+        event_id=doc["event_id"],
+        visitor_id=doc["visitor_id"],
+        experiment=experiment,
+        segment_key=segment_key(features, dimensions),
+        occurred_at=occurred_at,
+    )
 
 
 def _refuse_experiment(

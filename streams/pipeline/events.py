@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from streams.contracts import Rejected, RejectReason, dead_letter_record, decode_event
+from streams.contracts import (
+    Rejected,
+    RejectReason,
+    dead_letter_record,
+    decode_event,
+    decode_event_timed,
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,20 @@ def decode(
 ) -> dict[str, Any] | Reject:
     """Decode and validate one record against its contract (never raises)."""
     result = decode_event(
+        contract,
+        event.value,
+        max_bytes=limits.max_event_bytes,
+        now=now,
+        max_future_skew=limits.max_future_skew,
+    )
+    return Reject(event, result) if isinstance(result, Rejected) else result
+
+
+def decode_timed(
+    contract: str, event: RawEvent, limits: Limits, now: datetime
+) -> tuple[dict[str, Any], datetime | None] | Reject:
+    """`decode`, and the document's ``occurred_at`` parsed (see `decode_event_timed`)."""
+    result = decode_event_timed(
         contract,
         event.value,
         max_bytes=limits.max_event_bytes,

@@ -25,6 +25,7 @@ from streams.contracts import (
     RejectReason,
     dead_letter_record,
     decode_event,
+    decode_event_timed,
     fast_acceptor,
     format_timestamp,
     load_schema,
@@ -297,6 +298,25 @@ def test_parse_timestamp_returns_aware_utc() -> None:
 def test_parse_timestamp_rejects_anything_but_rfc3339_with_offset(text: str) -> None:
     with pytest.raises(ValueError, match="RFC 3339"):
         parse_timestamp(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_format_timestamp_is_isoformat_in_milliseconds_with_z(dt: datetime) -> None:
+    assert format_timestamp(dt) == dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_decode_event_timed_is_decode_event_and_the_parsed_occurred_at() -> None:
+    kw: dict[str, Any] = {"max_bytes": MAX_EVENT_BYTES, "now": NOW, "max_future_skew": SKEW}
+    for payload in (visit(), visit(occurred_at="2024-05-01T14:04:59.5+02:00")):
+        raw = orjson.dumps(payload)
+        doc, when = decode_event_timed("visits", raw, **kw)
+        assert doc == decode_event("visits", raw, **kw)
+        assert when == parse_timestamp(payload["occurred_at"]) and when.tzinfo is UTC
+    experiment = load_schema("experiments")["examples"][0]
+    assert decode_event_timed("experiments", orjson.dumps(experiment), **kw) == (experiment, None)
+    bad = orjson.dumps(visit(occurred_at="2999-01-01T00:00:00Z"))
+    assert decode_event_timed("visits", bad, **kw) == decode_event("visits", bad, **kw)
 
 
 def test_format_timestamp_is_utc_millis_with_z() -> None:

@@ -14,10 +14,11 @@ from streams.pipeline.decide import (
     decide,
     decide_all,
     decision_id,
+    prepare_visit,
     prepare_visits,
     sticky_keys,
 )
-from streams.pipeline.events import Limits, RawEvent, RecentIds
+from streams.pipeline.events import Limits, RawEvent, RecentIds, Reject
 from streams.pipeline.replica import WeightsReplica
 
 pytestmark = pytest.mark.unit
@@ -159,3 +160,22 @@ def _allocation(segment: str, weights: dict[str, float], source: str = "pooled")
         "conversions": dict.fromkeys(weights, 0),
         "updated_at": format_timestamp(NOW),
     }
+
+
+def test_prepare_visit_is_prepare_visits_one_at_a_time() -> None:
+    events = [
+        raw(visit_doc("e1", "v1")),
+        raw(visit_doc("e2", "v2", experiment="nope"), offset=1),
+        raw(visit_doc("e1", "v3"), offset=2),  # a duplicate event_id
+        RawEvent("visits", 0, 3, None, b"\x00garbage"),
+        raw({**visit_doc("e4", "v4"), "occurred_at": "2026-05-01T13:59:00.25+02:00"}, offset=4),
+    ]
+    visits, rejects = prepare_visits(events, registry(), LIMITS, NOW, RecentIds())
+    recent, reg = RecentIds(), registry()
+    one_by_one = [prepare_visit(e, reg, LIMITS, NOW, recent) for e in events]
+    assert [p for p in one_by_one if not isinstance(p, Reject)] == visits
+    assert [p for p in one_by_one if isinstance(p, Reject)] == rejects
+    assert [r.rejected.reason for r in rejects] == [
+        "unknown_experiment", "duplicate_event", "malformed_json",
+    ]  # fmt: skip
+    assert visits[1].occurred_at == datetime(2026, 5, 1, 11, 59, 0, 250_000, tzinfo=UTC)
