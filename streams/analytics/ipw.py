@@ -41,9 +41,10 @@ so Σz² = Σzw = Σ y/p² = Y2 (ipw_conversions_sq) and Σw² = Σ 1/p² = W2 (
     Σφ² = (N/W)² ((1 - 2μ̂) Y2 + μ̂² W2) = (N/W)² ((1 - μ̂)² Y2 + μ̂² (W2 - Y2)),
 
 the second form splitting Σ (y - μ̂)²/p² into the converted exposures (y = 1, Σ 1/p² = Y2)
-and the others (y = 0, Σ 1/p² = W2 - Y2). Its conditional expectation is
-Σ_t μ_t(1 - μ_t)/π_t (+ the spread of μ_t): below Horvitz–Thompson's Σ_t (μ_t/π_t - μ_t²)
-by μ² Σ_t (1/π_t - 1), the noise of W around N that the self-normalisation removes.
+and the others (y = 0, Σ 1/p² = W2 - Y2). It estimates Σ_t E[(z_t - μ w_t)² | past] =
+Σ_t (μ_t (1 - μ_t) + (μ_t - μ)²) / π_t(v); for a constant μ_t = μ that is μ (1 - μ) Σ_t 1/π_t,
+below Horvitz–Thompson's Σ_t E[(z_t - μ)² | past] = μ Σ_t 1/π_t - N μ² by μ² Σ_t (1/π_t - 1):
+the noise of W around N, which the self-normalisation removes.
 
 Every estimator here has influences of the form φ_t = N (a y_t + b) / p_t on the exposures
 of one variant in one set of decisions (a and b constants of that set), so
@@ -56,12 +57,13 @@ sum of squares needed.
 The variance floor. Y2 = Σ y/p² estimates Σ_t μ_t/π_t(v) from the conversions alone: with
 rare conversions and a few large weights (a variant starved at the policy's floor) it is
 often far too small, zero when the starved cell has not converted yet, and intervals built
-on it undercover (measured with `bandit-stream bench aa`: |T| > 3 five times as often as
-for a normal). μ̃ · W2 estimates the same Σ_t μ_t/π_t(v) from every exposure of v,
-converted or not. `Cells.y2_floored` takes the larger of the two per cell, with μ̃ the
-cell's raw rate shrunk toward its segment's raw rate by `SHRINK_EXPOSURES` pseudo-exposures
-(a cell without a conversion still has a variance). The floor replaces Y2 only in the
-converted term (a + b)² Y2 of (*), never in the estimates and never in W2 - Y2:
+on it undercover (measured with `bandit-stream bench aa` for the Horvitz–Thompson rate: |T|
+> 3 five times as often as for a normal). μ̃ · W2 estimates the same Σ_t μ_t/π_t(v) from
+every exposure of v, converted or not. `Cells.y2_floored` takes the larger of the two per
+cell, with μ̃ the cell's raw rate shrunk toward its segment's raw rate by
+`SHRINK_EXPOSURES` pseudo-exposures (a cell without a conversion still has a variance). The
+floor replaces Y2 only in the converted term (a + b)² Y2 of (*), never in the estimates and
+never in W2 - Y2:
 
 * W2 - Y2 = Σ_{non-converted exposures} 1/p² is observed directly from the exposures
   that did not convert (the large majority at conversion rates of a few %), so it is not
