@@ -57,9 +57,9 @@ sum of squares needed.
 The variance floor. Y2 = Σ y/p² estimates Σ_t μ_t/π_t(v) from the conversions alone: with
 rare conversions and a few large weights (a variant starved at the policy's floor) it is
 often far too small, zero when the starved cell has not converted yet, and intervals built
-on it undercover (measured with `bandit-stream bench aa` for the Horvitz–Thompson rate: |T|
-> 3 five times as often as for a normal). μ̃ · W2 estimates the same Σ_t μ_t/π_t(v) from
-every exposure of v, converted or not. `Cells.y2_floored` takes the larger of the two per
+on it undercover (measured with `bandit-stream bench aa` for the Horvitz–Thompson rate:
+|T| > 3 five times as often as for a normal). μ̃ · W2 estimates the same Σ_t μ_t/π_t(v)
+from every exposure of v, converted or not. `Cells.y2_floored` takes the larger of the two per
 cell, with μ̃ the cell's raw rate shrunk toward its segment's raw rate by
 `SHRINK_EXPOSURES` pseudo-exposures (a cell without a conversion still has a variance). The
 floor replaces Y2 only in the converted term (a + b)² Y2 of (*), never in the estimates and
