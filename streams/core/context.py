@@ -231,12 +231,12 @@ _TABLET: _Alternatives = (
     ("tab", r"\btab ?\d"), ("tab", r"\w+tab\b"), ("tab", r"(?:^|[\s_-])tab(?:[\s_\d-]|$)"),
     ("pad", r"(?<!cool)pad(?:[\s_\d-]|\b)"),
 )
-#: A text is searched for _TABLET only when it holds one of these. Every alternative but
-#: "kindle fire" contains one, so that one counts only beside other tablet evidence
-#: (a Kindle Fire's UA also says "Silk/" or "KF..." unless it is one of the first ones).
-_TABLET_HINTS = ("ipad", "tab", "pad", "silk/", "kf", "playbook", "gt-", "sm-", "sgp", "tb",
-                 "nexus", "pixel", "transformer", "xoom", "mz60", "mid", "nook", "flyer",
-                 "android 3.")
+#: A text is searched for _TABLET only when it holds one of these: every alternative
+#: contains one ("kindle fire" too: the first Kindle Fire's UA says nothing else, not
+#: "Silk/" nor "KF...", and its browser sent "Mobile").
+_TABLET_HINTS = ("ipad", "tab", "pad", "silk/", "kf", "kindle fire", "playbook", "gt-", "sm-",
+                 "sgp", "tb", "nexus", "pixel", "transformer", "xoom", "mz60", "mid", "nook",
+                 "flyer", "android 3.")
 # Android in-app UAs that state the screen: Instagram "(33/13; 480dpi; 1080x2340; ...)",
 # Facebook's app UA "FBDM/{density=2.625,width=1080,height=2201}". Smallest width >= 600
 # dp is Android's own definition of a tablet (the "sw600dp" resource qualifier).

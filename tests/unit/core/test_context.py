@@ -239,6 +239,20 @@ def test_an_ipad_asking_for_the_desktop_site_is_told_by_its_touch_points(
     assert (features["device"], features["os"]) == (device, os)
 
 
+def test_the_first_kindle_fire_is_a_tablet_though_its_ua_says_only_kindle_fire() -> None:
+    # no "Silk/", no "KF..." model, and its browser sent "Mobile": was classed mobile
+    first_kindle_fire = (
+        "Mozilla/5.0 (Linux; U; Android 2.3.4; en-us; Kindle Fire Build/GINGERBREAD) "
+        "AppleWebKit/533.1 (KHTML, like Gecko) Version/4.0 Mobile Safari/533.1"
+    )
+    assert ua_features(first_kindle_fire)[:2] == ("tablet", "android")
+    e_ink_kindle = (
+        "Mozilla/5.0 (X11; U; Linux armv7l like Android; en-us) AppleWebKit/531.2+ "
+        "(KHTML, like Gecko) Version/5.0 Safari/533.2+ Kindle/3.0+"
+    )
+    assert ua_features(e_ink_kindle)[0] == OTHER
+
+
 def test_touch_points_do_not_turn_a_windows_laptop_into_a_tablet() -> None:
     features = extract_context({"user_agent": WINDOWS_EDGE, "max_touch_points": 10})
     assert features["device"] == "desktop"
