@@ -234,7 +234,7 @@ def _object_acceptor(node: Mapping[str, Any], root: Mapping[str, Any], nullable:
     def accept(value: Any) -> bool:
         if type(value) is not dict:
             return nullable and value is None
-        if not required <= value.keys():
+        if required and not value.keys() >= required:
             return False
         if closed is not None and not value.keys() <= closed:
             return False

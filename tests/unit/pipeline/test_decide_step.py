@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -179,3 +180,12 @@ def test_prepare_visit_is_prepare_visits_one_at_a_time() -> None:
         "unknown_experiment", "duplicate_event", "malformed_json",
     ]  # fmt: skip
     assert visits[1].occurred_at == datetime(2026, 5, 1, 11, 59, 0, 250_000, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("experiment", "event"), [("exp", "e1"), ("checkout-é", "5f0c-6a4e"), ("", "")]
+)
+def test_decision_id_is_the_blake2b_of_experiment_and_event(experiment: str, event: str) -> None:
+    # the id consumers dedupe by: it must not change with how the hash is computed
+    expected = hashlib.blake2b(f"{experiment}\x1f{event}".encode(), digest_size=16).hexdigest()
+    assert decision_id(experiment, event) == decision_id(experiment, event) == expected
