@@ -229,18 +229,19 @@ def _object_acceptor(node: Mapping[str, Any], root: Mapping[str, Any], nullable:
     if not isinstance(extra, bool):
         msg = "additionalProperties other than true or false is not implemented"
         raise UnsupportedSchema(msg)
-    closed = frozenset(properties) if extra is False else None
+    closed = extra is False
 
     def accept(value: Any) -> bool:
         if type(value) is not dict:
             return nullable and value is None
         if required and not value.keys() >= required:
             return False
-        if closed is not None and not value.keys() <= closed:
-            return False
         for key, item in value.items():
             check = properties.get(key)
-            if check is not None and not check(item):
+            if check is None:
+                if closed:  # a key the schema does not name, where it allows none
+                    return False
+            elif not check(item):
                 return False
         return True
 
