@@ -47,23 +47,29 @@ class Decision(NamedTuple):
 
 
 class StickyCache:
-    """The variant last decided per (experiment, visitor) of sticky experiments, bounded (LRU)."""
+    """The variant last decided per (experiment, visitor) of sticky experiments, bounded (LRU).
+
+    Entries are kept as plain (variant_id, segment_key) tuples: the garbage collector stops
+    tracking a tuple of strings, not a named tuple, and a full cache of tracked entries (one
+    more per decision) made every collection of the oldest generation walk all of them.
+    """
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             msg = f"sticky capacity must be at least 1, got {capacity}"
             raise ValueError(msg)
         self.capacity = capacity
-        self._entries: OrderedDict[tuple[str, str], StickyAssignment] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
 
     def get(self, key: tuple[str, str]) -> StickyAssignment | None:
         found = self._entries.get(key)
-        if found is not None:
-            self._entries.move_to_end(key)
-        return found
+        if found is None:
+            return None
+        self._entries.move_to_end(key)
+        return StickyAssignment(*found)
 
     def put(self, key: tuple[str, str], assignment: StickyAssignment) -> None:
-        self._entries[key] = assignment
+        self._entries[key] = (assignment.variant_id, assignment.segment_key)
         self._entries.move_to_end(key)
         if len(self._entries) > self.capacity:
             self._entries.popitem(last=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -144,6 +145,18 @@ def test_sticky_cache_is_bounded_and_least_recently_used_goes_first() -> None:
     assert cache.get(("e", "1")) == StickyAssignment("a", "*")
     with pytest.raises(ValueError, match="at least 1"):
         StickyCache(0)
+
+
+def test_sticky_entries_leave_the_garbage_collectors_care() -> None:
+    # one entry per decision, up to 100,000: tracked ones made every full collection walk them
+    cache = StickyCache(10)
+    cache.put(("e", "1"), StickyAssignment("a", "device:mobile"))
+    gc.collect()
+    assert not any(gc.is_tracked(entry) for entry in cache._entries.values())
+    assert not any(gc.is_tracked(key) for key in cache._entries)
+    found = cache.get(("e", "1"))
+    assert isinstance(found, StickyAssignment)
+    assert found == StickyAssignment("a", "device:mobile")
 
 
 def test_decision_is_the_decisions_contract_field_for_field() -> None:
