@@ -20,7 +20,7 @@ class RawEvent(NamedTuple):
     """One consumed record, before anything is trusted.
 
     A named tuple, not a frozen dataclass: one is built per record (and per in-process
-    decision), and a frozen dataclass costs ~3x as much to build."""
+    decision), and a frozen dataclass costs 2-3x as much to build."""
 
     topic: str
     partition: int
