@@ -66,9 +66,6 @@ class Settings(BaseSettings):
 
     # --- the worker ---
     app_id: str = Field(default="bandit-stream", validation_alias="BANDIT_APP_ID")
-    processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
-        default="at_least_once", validation_alias="BANDIT_PROCESSING_GUARANTEE"
-    )
     commit_interval_s: float = Field(default=0.5, gt=0, validation_alias="BANDIT_COMMIT_INTERVAL_S")
     session_timeout_s: float = Field(
         default=15.0, gt=0, validation_alias="BANDIT_SESSION_TIMEOUT_S"

@@ -53,18 +53,6 @@ def test_environment_names_are_settings_and_parse(services: dict[str, Any], name
     Settings(**env)  # every value parses (ranges, choices, the security rules)
 
 
-def test_processing_guarantee_is_the_documented_one(services: dict[str, Any]) -> None:
-    """The README explains why the service runs faust's at_least_once (exactness comes from
-    Postgres); production must not quietly run the mode measured to cost ~40 %."""
-    default = Settings.model_fields["processing_guarantee"].default
-    readme = (ROOT / "README.md").read_text()
-    row = re.search(r"^\| `BANDIT_PROCESSING_GUARANTEE` \| `(\w+)` \|", readme, re.MULTILINE)
-    assert row is not None and row.group(1) == default
-    for name in BANDIT_SERVICES:
-        settings = Settings(**_env(services, name))
-        assert settings.processing_guarantee == default, name
-
-
 def _cli_commands(service: dict[str, Any]) -> list[list[str]]:
     """The bandit-stream command lines a service runs (entrypoint `sh -c` or the image's)."""
     entrypoint = service.get("entrypoint")

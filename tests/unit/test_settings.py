@@ -42,6 +42,6 @@ def test_local_services_are_the_default(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BANDIT_PROCESSING_GUARANTEE", "maybe_once")
-    with pytest.raises(ValueError, match="exactly_once"):
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTXT")
+    with pytest.raises(ValueError, match="SASL_SSL"):
         Settings()

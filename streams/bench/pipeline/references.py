@@ -84,7 +84,6 @@ async def measure_faust_reference(
             "BENCH_REF_INPUTS": ",".join(sc.topic(b) for b in INPUTS),
             "BENCH_REF_OUTPUT": output,
             "BENCH_REF_PARTITIONS": str(sc.settings.partitions),
-            "BENCH_REF_PROCESSING_GUARANTEE": sc.settings.processing_guarantee,
             "BENCH_REF_COMMIT_INTERVAL_S": str(sc.settings.commit_interval_s),
         }
         worker = Worker("streams.bench.faust_reference", env, workdir, f"faust-ref-{sc.token}")

@@ -177,7 +177,7 @@ class Report:
         vwidth = max(len(r[1]) for r in rows) + 2
         head = (
             f"bench pipeline — Kafka {s.bootstrap_servers}, {s.partitions} partitions, "
-            f"{s.processing_guarantee}, commit interval {s.commit_interval_s:g} s, "
+            f"commit interval {s.commit_interval_s:g} s, "
             f"{os.cpu_count()} CPUs"
         )
         lines = [head, "-" * len(head)]

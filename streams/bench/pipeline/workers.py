@@ -71,7 +71,6 @@ def pipeline_worker(sc: Scratch, workdir: Path, label: str) -> Worker:
         "BANDIT_TOPIC_PREFIX": s.topic_prefix,
         "BANDIT_APP_ID": s.app_id,
         "BANDIT_PARTITIONS": str(s.partitions),
-        "BANDIT_PROCESSING_GUARANTEE": s.processing_guarantee,
         "BANDIT_COMMIT_INTERVAL_S": str(s.commit_interval_s),
     }
     return Worker("streams.app", env, workdir, f"{label}-{sc.token}")
