@@ -16,7 +16,7 @@ below α for any of the same hypotheses, fixed-sample tests looked at every batc
   where a decision-grade comparison says b beats a. The same A/B runs under uniform
   allocation (`power_20pct_lift_uniform_allocation`) show how much of it the bandit's own
   allocation costs: once it starves the loser, the loser's exposures are what limit any
-  unbiased comparison.
+  inverse-propensity comparison.
 
 Output (`--json`): {"experiments", "false_positive_rate", "naive_false_positive_rate",
 "power_20pct_lift"} plus the settings. Seeds are fixed: `FIRST_SEED` + run index.

@@ -11,7 +11,7 @@ Two kinds of numbers per (segment, variant):
   inverse-propensity sums over exposures of record (each exposure i was chosen with the
   logged propensity p_i, y_i = 1 when it converted): `ipw_weight` = Σ 1/p_i,
   `ipw_weight_sq` = Σ 1/p_i², `ipw_conversions` = Σ y_i/p_i, `ipw_conversions_sq` =
-  Σ y_i/p_i². These feed the analytics (unbiased rates under adaptive allocation, SRM).
+  Σ y_i/p_i². These feed the analytics (consistent rates under adaptive allocation, SRM).
 * `effective_exposures` / `effective_conversions`: the same counts discounted in time by the
   experiment's `discount` (equal to the raw counts when discount = 1), decayed to `taken_at`.
   These feed the learner.
