@@ -95,6 +95,22 @@ def _bind_producer() -> None:
         runtime.send_raw = send
 
 
+def _hold_commits() -> None:
+    """faust commits only what `Runtime.committable` allows: never past the first record of
+    a batch the runtime has not applied (faust acks a batch when its stream stops)."""
+    consumer: Any = app.consumer  # the private method below is not on faust's ConsumerT
+    if getattr(consumer, "_bandit_holds", False):
+        return
+    # the one place every faust commit goes through (faust.transport.consumer, 0.15.x)
+    filter_offsets = consumer._filter_committable_offsets
+
+    def committable(tps: Any) -> dict[Any, int]:
+        return runtime.committable(filter_offsets(tps))
+
+    consumer._filter_committable_offsets = committable
+    consumer._bandit_holds = True
+
+
 def _running() -> bool:
     return runtime.replicas_ready.is_set() and runtime.send_raw is not None
 
@@ -108,6 +124,7 @@ async def _consume(stream: Any, stage: str, handle: BatchHandler, max_: int, wit
     """The shape of every agent: wait for the replicas, then apply batch after batch."""
     await runtime.replicas_ready.wait()
     _bind_producer()
+    _hold_commits()
     async for events in stream.take_events(max_, within=within):
         await runtime.run_batch(stage, [raw_event(e.message) for e in events], handle)
 

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
@@ -53,6 +53,8 @@ class Runtime:
         self.send_raw: SendFn | None = None
         self._last_outage_log: dict[str, float] = {}
         self._last_failure_log: dict[str, float] = {}
+        # first offsets of the batches in flight, per (topic, partition): see `run_batch`
+        self._held: dict[tuple[str, int], list[int]] = {}
 
     async def store(self) -> StateStore:
         async with self._store_lock:
@@ -94,14 +96,20 @@ class Runtime:
             )
 
     async def run_batch(self, stage: str, batch: Sequence[RawEvent], handle: BatchHandler) -> None:
-        """Apply one batch; a worker stopping mid-batch finishes it before faust acks it.
+        """Apply one batch; until it is applied, Kafka's offsets do not pass its records.
 
-        faust acks a `take_events` batch when the agent leaves it, even by cancellation
-        (worker shutdown, rebalance). So the batch runs in its own task that cancellation
-        does not reach; if it cannot finish while the worker stops, the process exits at
-        once, committing nothing more: Kafka redelivers, and the offsets kept in Postgres
-        make the redelivery harmless.
+        faust acks the records of a `take_events` batch when the agent leaves it, even by
+        cancellation, and when its stream stops (worker shutdown, rebalance: the stream
+        closes the batch's generator while the agent is still applying it), then commits
+        what it acked. So the batch runs in its own task that cancellation does not reach,
+        and holds the commits of its partitions at its first offsets (`committable`) until
+        it is applied; if it cannot finish while the worker stops, the process exits at
+        once: Kafka redelivers from before it, and the offsets kept in Postgres make the
+        redelivery harmless.
         """
+        firsts = _first_offsets(batch)
+        for key, offset in firsts.items():
+            self._held.setdefault(key, []).append(offset)
         task = asyncio.ensure_future(self.settle(stage, batch, handle))
         try:
             await asyncio.shield(task)
@@ -112,6 +120,22 @@ class Runtime:
             except BaseException:
                 exit_uncommitted(stage)
             raise
+        finally:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                for key, offset in firsts.items():
+                    held = self._held[key]
+                    held.remove(offset)
+                    if not held:
+                        del self._held[key]
+
+    def committable(self, offsets: Mapping[Any, int]) -> dict[Any, int]:
+        """The offsets faust may commit (keys: its TopicPartitions): none past the first
+        record of a batch not applied yet (see `run_batch`)."""
+        out = {}
+        for tp, offset in offsets.items():
+            held = self._held.get((tp.topic, tp.partition))
+            out[tp] = min(offset, *held) if held else offset
+        return out
 
     async def settle(
         self,
@@ -222,6 +246,14 @@ def _bounded_key(key: bytes | None) -> bytes | None:
     if key is None or len(key) <= MAX_DEAD_LETTER_KEY:
         return key
     return b"blake2b:" + hashlib.blake2b(key, digest_size=16).hexdigest().encode()
+
+
+def _first_offsets(batch: Sequence[RawEvent]) -> dict[tuple[str, int], int]:
+    firsts: dict[tuple[str, int], int] = {}
+    for e in batch:
+        key = (e.topic, e.partition)
+        firsts[key] = min(e.offset, firsts.get(key, e.offset))
+    return firsts
 
 
 def exit_uncommitted(stage: str) -> NoReturn:

@@ -1329,6 +1329,30 @@ async def _wait_partial(env: Env, experiment_id: str, timeout: float = 90) -> tu
     return _totals(got)
 
 
+async def _committed_past_applied(env: Env) -> dict[str, int]:
+    """Partitions whose committed Kafka offset passes what Postgres applied (the offsets of
+    record, `consumer_watermarks`): 'topic[partition]' → records that would be skipped."""
+    s = env.settings
+    admin = kafka_clients.admin(s)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(s.app_id)
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(env.dsn, timeout=10)
+    try:
+        rows = await conn.fetch("SELECT topic, partition, last_offset FROM consumer_watermarks")
+    finally:
+        await conn.close()
+    applied = {(r["topic"], r["partition"]): r["last_offset"] for r in rows}
+    recorded = {topic_name(s, b) for b in (DECISIONS, EXPOSURES, CONVERSIONS, SEGMENT_DELTAS)}
+    return {
+        f"{tp.topic}[{tp.partition}]": meta.offset - 1 - applied.get((tp.topic, tp.partition), -1)
+        for tp, meta in committed.items()
+        if tp.topic in recorded and meta.offset - 1 > applied.get((tp.topic, tp.partition), -1)
+    }
+
+
 async def broker_restart(
     settings: Settings,
     workdir: Path,
@@ -1434,6 +1458,13 @@ async def sigterm_outage(
                 f"SIGTERM during the outage did not end the worker in {bound_s:.0f} s"
             )
         await pg.up()
+        ahead = await _committed_past_applied(env)
+        result.facts["kafka_offsets_past_applied"] = ahead
+        if ahead:
+            result.problems.append(
+                f"Kafka's committed offsets pass records never applied: {ahead} (a restart "
+                "would skip them)"
+            )
         await env.start("second")
         expected = Ledger(
             first.ledger.exposures + second.ledger.exposures,

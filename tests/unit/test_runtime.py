@@ -127,3 +127,32 @@ async def test_a_failure_while_stopping_goes_to_the_caller_when_faust_does_not_a
     with pytest.raises(ConnectionError):
         await rt.settle("sweep", _batch(4), handle, faust_acks=False)
     assert sent == [], "nothing dead-lettered: the batch is left for the next reader"
+
+
+class _TP:
+    """faust's TopicPartition as `Runtime.committable` reads it."""
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic, self.partition = topic, partition
+
+
+async def test_offsets_are_not_committed_past_a_batch_until_it_is_applied() -> None:
+    """faust acks a batch when its stream stops, while the batch may still be waiting for the
+    database (a SIGTERM during an outage): its partitions' commits stay at its first record
+    until it is applied, and other partitions commit as faust says."""
+    rt, _ = _runtime()
+    release = asyncio.Event()
+
+    async def handle(_: Runtime, batch: Any) -> None:
+        await release.wait()
+
+    batch = [RawEvent("u.segment-deltas", 0, o, None, b"{}") for o in (7, 8, 9)]
+    batch += [RawEvent("u.segment-deltas", 2, o, None, b"{}") for o in (3, 4)]
+    running = asyncio.ensure_future(rt.run_batch("learn", batch, handle))
+    await asyncio.sleep(0.01)
+    p0, p1, p2 = _TP("u.segment-deltas", 0), _TP("u.segment-deltas", 1), _TP("u.segment-deltas", 2)
+    acked = {p0: 10, p1: 6, p2: 5}  # faust would commit past every acked record
+    assert rt.committable(acked) == {p0: 7, p1: 6, p2: 3}, "held at the batch's first records"
+    release.set()
+    await running
+    assert rt.committable(acked) == acked, "once applied, nothing is held"
