@@ -11,7 +11,6 @@ from streams.contracts import (
     Rejected,
     RejectReason,
     dead_letter_record,
-    decode_event,
     decode_event_timed,
 )
 
@@ -59,14 +58,8 @@ def decode(
     contract: str, event: RawEvent, limits: Limits, now: datetime
 ) -> dict[str, Any] | Reject:
     """Decode and validate one record against its contract (never raises)."""
-    result = decode_event(
-        contract,
-        event.value,
-        max_bytes=limits.max_event_bytes,
-        now=now,
-        max_future_skew=limits.max_future_skew,
-    )
-    return Reject(event, result) if isinstance(result, Rejected) else result
+    result = decode_timed(contract, event, limits, now)
+    return result if isinstance(result, Reject) else result[0]
 
 
 def decode_timed(
