@@ -30,7 +30,6 @@ from typing import Any, NoReturn
 import asyncpg
 import orjson
 from aiokafka import TopicPartition
-from pydantic import SecretStr
 
 from streams import kafka_clients
 from streams.admin import ensure_topics
@@ -126,17 +125,7 @@ class Worker(WorkerProcess):
     """The demo's one worker, started with the demo's whole configuration."""
 
     def __init__(self, settings: Settings, log: Path, datadir: Path) -> None:
-        env = {
-            str(f.validation_alias): (
-                value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-            )
-            for n, f in Settings.model_fields.items()
-            if (value := getattr(settings, n)) is not None  # unset stays unset, not "None"
-        }
-        env |= {
-            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "DATABASE_URL": settings.database_dsn,
-        }
+        env = settings.environment()
         if log.exists():
             log.unlink()  # one run per log file
         super().__init__("streams.app", env, log, datadir=datadir)

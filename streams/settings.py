@@ -166,6 +166,25 @@ class Settings(BaseSettings):
             return self.kafka_bootstrap_servers
         return f"127.0.0.1:{self.local_kafka_port}"
 
+    def environment(self) -> dict[str, str]:
+        """These settings as the environment of a child process (a worker subprocess).
+
+        Every field that is set, under its variable; the broker and the database resolved, so
+        that the child uses the ones this process uses and starts none; secrets in clear text,
+        for the child's environment only.
+        """
+        env = {
+            str(f.validation_alias): (
+                value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            )
+            for name, f in type(self).model_fields.items()
+            if (value := getattr(self, name)) is not None  # unset stays unset, not "None"
+        }
+        return env | {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "DATABASE_URL": self.database_dsn,
+        }
+
     @property
     def database_dsn(self) -> str:
         """The configured database, else the project's local cluster."""

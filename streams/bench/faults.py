@@ -802,16 +802,9 @@ class Env:
         return self.settings.database_dsn
 
     def env(self) -> dict[str, str]:
-        s = self.settings
-        return {
-            "KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers,
-            "DATABASE_URL": s.database_dsn,
-            "BANDIT_TOPIC_PREFIX": s.topic_prefix,
-            "BANDIT_APP_ID": s.app_id,
-            "BANDIT_PARTITIONS": str(s.partitions),
+        return self.settings.environment() | {
             "BANDIT_WEIGHTS_INTERVAL_S": "0.2",
             "BANDIT_WEIGHTS_MIN_CHANGE": "0",
-            "BANDIT_LOG_LEVEL": "info",
             **WAITS,
             **self.extra,
         }

@@ -1,7 +1,9 @@
 """A pipeline worker as a subprocess: what the demo, the benchmarks and the tests start.
 
 `python -m faust --loop uvloop -A <app> worker` on a free loopback port, its output in a log
-file whose end is quoted when it dies or is late, and always stopped: SIGTERM, then SIGKILL.
+file whose end is quoted when it dies or is late, its faust data directory beside that log
+(not `<app id>-data` in the caller's working directory), and always stopped: SIGTERM, then
+SIGKILL.
 """
 
 from __future__ import annotations
@@ -44,16 +46,14 @@ class WorkerProcess:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.log = log
         self.cwd = cwd
-        self.datadir = datadir
+        self.datadir = datadir if datadir is not None else log.parent / f"{log.stem}-data"
         self.web_port = web_port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> int:
         """Start the worker; return its PID."""
         cmd = [sys.executable, "-m", "faust", "--loop", "uvloop", "-A", self.app]
-        if self.datadir is not None:
-            cmd += ["--datadir", str(self.datadir)]
-        cmd += ["worker", "-l", "info", "--web-host", "127.0.0.1"]
+        cmd += ["--datadir", str(self.datadir), "worker", "-l", "info", "--web-host", "127.0.0.1"]
         cmd += ["--web-port", str(self.web_port)]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:

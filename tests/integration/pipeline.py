@@ -38,16 +38,9 @@ class Pipeline:
     tmp: Path
 
     def env(self) -> dict[str, str]:
-        s = self.settings
-        return {
-            "KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers,
-            "DATABASE_URL": s.database_dsn,
-            "BANDIT_TOPIC_PREFIX": s.topic_prefix,
-            "BANDIT_APP_ID": s.app_id,
-            "BANDIT_PARTITIONS": str(s.partitions),
+        return self.settings.environment() | {
             "BANDIT_WEIGHTS_INTERVAL_S": "0.2",
             "BANDIT_WEIGHTS_MIN_CHANGE": "0",
-            "BANDIT_LOG_LEVEL": "info",
         }
 
     def worker(self, name: str = "w1", extra: dict[str, str] | None = None) -> FaustWorker:

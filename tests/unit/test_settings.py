@@ -45,3 +45,30 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTXT")
     with pytest.raises(ValueError, match="SASL_SSL"):
         Settings()
+
+
+def test_a_child_reads_back_the_settings_of_its_parent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    parent = Settings(
+        BANDIT_LOCAL_KAFKA_PORT=1234,
+        KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        KAFKA_SASL_USERNAME="svc",
+        KAFKA_SASL_PASSWORD="s3cret",
+        BANDIT_PARTITIONS=12,
+        BANDIT_BATCH_WITHIN_S=0.125,
+    )
+    env = parent.environment()
+    # the child starts no service of its own: the local ones are named, not left unset
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:1234"
+    assert env["DATABASE_URL"] == parent.database_dsn
+    assert env["KAFKA_SASL_PASSWORD"] == "s3cret"  # revealed for the child, not "**********"
+    assert "KAFKA_SSL_CAFILE" not in env  # unset stays unset, not "None"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    child = Settings()
+    for name in Settings.model_fields:
+        if name not in {"kafka_bootstrap_servers", "database_url"}:
+            assert getattr(child, name) == getattr(parent, name), name
+    assert child.bootstrap_servers == parent.bootstrap_servers
+    assert child.database_dsn == parent.database_dsn

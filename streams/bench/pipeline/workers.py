@@ -63,14 +63,6 @@ def running(worker: Worker) -> Iterator[Worker]:
 
 def pipeline_worker(sc: Scratch, workdir: Path, label: str) -> Worker:
     """A worker of the real pipeline (`streams.app`) on the topics and database of `sc`."""
-    s = sc.settings
     assert sc.dsn is not None
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers,
-        "DATABASE_URL": sc.dsn,
-        "BANDIT_TOPIC_PREFIX": s.topic_prefix,
-        "BANDIT_APP_ID": s.app_id,
-        "BANDIT_PARTITIONS": str(s.partitions),
-        "BANDIT_COMMIT_INTERVAL_S": str(s.commit_interval_s),
-    }
+    env = sc.settings.environment() | {"DATABASE_URL": sc.dsn}
     return Worker("streams.app", env, workdir, f"{label}-{sc.token}")
