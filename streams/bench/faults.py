@@ -855,16 +855,35 @@ def low_free_port(start: int, span: int = 1) -> int:
     raise RuntimeError(msg)
 
 
-class PrivatePostgres:
-    """A PostgreSQL cluster of one scenario (the project's local-service code, its own
-    state directory and port): stopped and started at will, removed at the end."""
+class _PrivateService:
+    """A local service of one scenario in its own state directory: stopped and started at
+    will, removed at the end."""
+
+    dir: Path
+    service: LocalPostgres | LocalKafka
+
+    async def up(self) -> None:
+        await asyncio.to_thread(self.service.up)
+
+    async def down(self) -> None:
+        await asyncio.to_thread(self.service.down)
+
+    async def remove(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.down()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PrivatePostgres(_PrivateService):
+    """A PostgreSQL cluster of one scenario (the project's local-service code, its own port)."""
 
     def __init__(self, port: int = 15532) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="bandit-faults-pg-"))
         self.dir.chmod(0o755)  # the `postgres` user must reach its data directory
         port = low_free_port(port)
-        self.settings = Settings(state_dir=self.dir, local_postgres_port=port)
-        self.cluster = LocalPostgres(self.settings)
+        self.service = self.cluster = LocalPostgres(
+            Settings(state_dir=self.dir, local_postgres_port=port)
+        )
 
     @property
     def dsn(self) -> str:
@@ -874,45 +893,24 @@ class PrivatePostgres:
     def log(self) -> Path:
         return self.cluster.log
 
-    async def up(self) -> None:
-        await asyncio.to_thread(self.cluster.up)
 
-    async def down(self) -> None:
-        await asyncio.to_thread(self.cluster.down)
-
-    async def remove(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.down()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class PrivateKafka:
+class PrivateKafka(_PrivateService):
     """A broker of one scenario, on its own port and state directory (jars shared)."""
 
     def __init__(self, port: int = 19192) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="bandit-faults-kafka-"))
         port = low_free_port(port, span=2)
-        self.settings = Settings(state_dir=self.dir, local_kafka_port=port, kafka_heap="384m")
         shared = Settings().state_dir / "kafka" / "libs"
         if (shared / ".complete").exists():
             (self.dir / "kafka").mkdir(parents=True)
             (self.dir / "kafka" / "libs").symlink_to(shared)
-        self.broker = LocalKafka(self.settings)
+        self.service = self.broker = LocalKafka(
+            Settings(state_dir=self.dir, local_kafka_port=port, kafka_heap="384m")
+        )
 
     @property
     def bootstrap(self) -> str:
         return self.broker.bootstrap
-
-    async def up(self) -> None:
-        await asyncio.to_thread(self.broker.up)
-
-    async def down(self) -> None:
-        await asyncio.to_thread(self.broker.down)
-
-    async def remove(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.down()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------- results
