@@ -37,6 +37,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from streams.bench import positive_int
 from streams.core.snapshot import ExperimentSnapshot, SegmentSnapshot, VariantStats
 
 FIRST_SEED: Final = 16_000
@@ -230,25 +231,17 @@ def measure(
     }
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        message = f"must be a positive integer, got {text}"
-        raise argparse.ArgumentTypeError(message)
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experiments", type=_positive_int, default=500, help="A/A runs")
+    parser.add_argument("--experiments", type=positive_int, default=500, help="A/A runs")
     parser.add_argument(
-        "--power-runs", type=_positive_int, default=200, help="A/B runs with a 20 %% lift"
+        "--power-runs", type=positive_int, default=200, help="A/B runs with a 20 %% lift"
     )
-    parser.add_argument("--visits", type=_positive_int, default=40_000, help="visits per run")
-    parser.add_argument("--batch", type=_positive_int, default=1_000, help="visits per look")
+    parser.add_argument("--visits", type=positive_int, default=40_000, help="visits per run")
+    parser.add_argument("--batch", type=positive_int, default=1_000, help="visits per look")
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument(
-        "--jobs", type=_positive_int, default=min(2, os.cpu_count() or 1), help="processes"
+        "--jobs", type=positive_int, default=min(2, os.cpu_count() or 1), help="processes"
     )
 
 

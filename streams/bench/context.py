@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from streams.bench import positive_int
 from streams.core.context import extract_context
 
 # Templates of real UA formats ("{n}" becomes a unique build number): the in-app browsers,
@@ -72,19 +73,11 @@ AT = datetime(2024, 6, 8, 17, 30, tzinfo=UTC)
 WARMUP = 200
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        message = f"must be a positive integer, got {text}"
-        raise argparse.ArgumentTypeError(message)
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--calls", type=_positive_int, default=10_000, help="timed calls per case and round"
+        "--calls", type=positive_int, default=10_000, help="timed calls per case and round"
     )
-    parser.add_argument("--rounds", type=_positive_int, default=5, help="rounds (default 5)")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="rounds (default 5)")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
 

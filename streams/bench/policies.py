@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from streams.bench import positive_int
 from streams.bench.simulator import (
     SCENARIOS,
     ResetScenario,
@@ -82,21 +83,13 @@ RESET_ROWS = ("thompson (sampled)", "global", "global floor=0", "global fixed fl
 Run = tuple[str, str, int]  # scenario label, row label, seed
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        message = f"must be a positive integer, got {text}"
-        raise argparse.ArgumentTypeError(message)
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--visits", type=_positive_int, default=100_000, help="visits per contextual run"
+        "--visits", type=positive_int, default=100_000, help="visits per contextual run"
     )
     parser.add_argument(
         "--steps",
-        type=_positive_int,
+        type=positive_int,
         default=1_000_000,
         help=f"steps per {RESETS} run (default 10^6)",
     )
@@ -106,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"{RESETS}: steps between feedback deliveries; repeatable or comma list (default 100)",
     )
-    parser.add_argument("--seeds", type=_positive_int, default=5, help="runs per policy")
+    parser.add_argument("--seeds", type=positive_int, default=5, help="runs per policy")
     parser.add_argument(
         "--first-seed",
         type=int,
@@ -122,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument(
         "--jobs",
-        type=_positive_int,
+        type=positive_int,
         default=min(2, os.cpu_count() or 1),
         help="worker processes (default: up to 2)",
     )
@@ -148,7 +141,7 @@ def delays(requested: Sequence[str] | None) -> list[int]:
     for item in requested:
         for text in item.split(","):
             if text.strip():
-                values.append(_positive_int(text.strip()))
+                values.append(positive_int(text.strip()))
     return list(dict.fromkeys(values))
 
 
