@@ -815,9 +815,14 @@ class Env:
         return w
 
     async def start(self, name: str) -> WorkerProcess:
+        """A ready worker; one that does not get ready is stopped, not left behind."""
         w = self.worker(name)
         w.start()
-        await w.wait_ready_async(120)
+        try:
+            await w.wait_ready_async(120)
+        except BaseException:
+            w.stop(30)
+            raise
         return w
 
     def stop_all(self) -> None:
