@@ -1342,11 +1342,12 @@ async def _committed_past_applied(env: Env) -> dict[str, int]:
         await conn.close()
     applied = {(r["topic"], r["partition"]): r["last_offset"] for r in rows}
     recorded = {topic_name(s, b) for b in (DECISIONS, EXPOSURES, CONVERSIONS, SEGMENT_DELTAS)}
-    return {
-        f"{tp.topic}[{tp.partition}]": meta.offset - 1 - applied.get((tp.topic, tp.partition), -1)
-        for tp, meta in committed.items()
-        if tp.topic in recorded and meta.offset - 1 > applied.get((tp.topic, tp.partition), -1)
-    }
+    ahead: dict[str, int] = {}
+    for tp, meta in committed.items():
+        skipped = meta.offset - 1 - applied.get((tp.topic, tp.partition), -1)
+        if tp.topic in recorded and skipped > 0:
+            ahead[f"{tp.topic}[{tp.partition}]"] = skipped
+    return ahead
 
 
 async def broker_restart(
