@@ -1,8 +1,9 @@
 """The Faust application: the stages' agents, the replicas, the timers and the web pages.
 
-Agents: decide (visits), track (decisions, exposures, conversions), learn (segment-deltas),
-changes (experiment-changes). Timers: the experiment owner's weights and insights, and the
-sweep of what waits and of unsent deltas. Pages: health, metrics, POST /decide, dashboard.
+Agents: decide (visits), track (exposures, conversions), learn (segment-deltas), changes
+(experiment-changes); decisions are read by a plain consumer task (`agents.record`).
+Timers: the experiment owner's weights and insights, and the sweep of what waits and of
+unsent deltas. Pages: health, metrics, POST /decide, dashboard.
 
 Run it with `bandit-stream worker` (or `python -m faust -A streams.app worker`). Agents keep
 concurrency 1 (faust-streaming #606) and consume raw bytes: decoding and validation happen in
@@ -21,13 +22,13 @@ from streams.agents.decide import decide_batch
 from streams.agents.http import decide_request
 from streams.agents.learn import learn_batch
 from streams.agents.publish import Publisher
+from streams.agents.record import record_forever
 from streams.agents.replicas import run_replicas
 from streams.agents.track import resend_outbox, sweep_waiting, track_batch
 from streams.runtime import BatchHandler, Runtime, raw_event
 from streams.settings import get_settings
 from streams.topics import (
     CONVERSIONS,
-    DECISIONS,
     EXPERIMENT_CHANGES,
     EXPOSURES,
     SEGMENT_DELTAS,
@@ -69,9 +70,7 @@ def _raw_topic(*names: str) -> faust.TopicT:
 
 
 visits_topic = _raw_topic(runtime.topics[VISITS])
-tracked_topic = _raw_topic(
-    runtime.topics[DECISIONS], runtime.topics[EXPOSURES], runtime.topics[CONVERSIONS]
-)
+tracked_topic = _raw_topic(runtime.topics[EXPOSURES], runtime.topics[CONVERSIONS])
 deltas_topic = _raw_topic(runtime.topics[SEGMENT_DELTAS])
 changes_topic = _raw_topic(runtime.topics[EXPERIMENT_CHANGES])
 
@@ -118,6 +117,14 @@ def _running() -> bool:
 @app.task
 async def replicas() -> None:
     await run_replicas(runtime)
+
+
+@app.task
+async def record() -> None:
+    """The decisions of record, read outside faust (`streams.agents.record`)."""
+    await runtime.replicas_ready.wait()
+    _bind_producer()
+    await record_forever(runtime)
 
 
 async def _consume(stream: Any, stage: str, handle: BatchHandler, max_: int, within: float) -> None:

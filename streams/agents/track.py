@@ -1,5 +1,8 @@
 """decisions + exposures + conversions → the state of record, on the visitor partition.
 
+faust reads exposures and conversions (`track_batch`); decisions come from a plain consumer
+(`agents.record`, `record_decisions`): the same transaction, on the same watermark rows.
+
 One Postgres transaction per batch holds its effects, its offsets and its segment deltas
 (outbox); the deltas are sent to `segment-deltas` after the commit. What waits is re-read
 in the same transaction as soon as what it waits for arrives, and by `sweep_waiting` when
@@ -51,15 +54,27 @@ def _waits(rt: Runtime) -> Waits:
     return Waits(timedelta(seconds=s.wait_grace_s), timedelta(seconds=s.unknown_experiment_wait_s))
 
 
-async def track_batch(rt: Runtime, batch: Sequence[RawEvent]) -> None:
+async def track_batch(
+    rt: Runtime, batch: Sequence[RawEvent], also_lock: Iterable[tuple[str, int]] = ()
+) -> None:
     store = await rt.store()
-    async with store.track_batch(STAGE, batch) as tx:
+    async with store.track_batch(STAGE, batch, also_lock) as tx:
         if len(tx.fresh) < len(batch):
             metrics.REPLAYED.labels(stage=STAGE).inc(len(batch) - len(tx.fresh))
         await apply(rt, tx, tx.fresh)
     await send_outbox(rt, tx.outbox)
     for event in batch:
         metrics.EVENTS_IN.labels(topic=rt.base_of.get(event.topic, event.topic)).inc()
+
+
+async def record_decisions(rt: Runtime, batch: Sequence[RawEvent]) -> None:
+    """A batch of `decisions` (read by `agents.record`, not by faust): a track batch that
+    also holds the exposures' and conversions' watermark rows of its visitor partitions, so
+    that a decision and an exposure waiting for it are never applied side by side (each
+    would miss the other), whichever worker reads which."""
+    partitions = {e.partition for e in batch}
+    held = [(rt.topics[base], p) for base in (EXPOSURES, CONVERSIONS) for p in partitions]
+    await track_batch(rt, batch, held)
 
 
 async def apply(

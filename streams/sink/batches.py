@@ -38,14 +38,22 @@ def _cols(rows: Sequence[Sequence[Any]], n: int) -> list[list[Any]]:
 
 @asynccontextmanager
 async def watermarked(
-    conn: asyncpg.Connection, stage: str, events: Sequence[RawEvent]
+    conn: asyncpg.Connection,
+    stage: str,
+    events: Sequence[RawEvent],
+    also_lock: Iterable[tuple[str, int]] = (),
 ) -> AsyncIterator[list[RawEvent]]:
-    """A transaction that skips the records already applied and records the new offsets."""
+    """A transaction that skips the records already applied and records the new offsets.
+
+    It holds the watermark rows of the batch's (topic, partition)s, and of `also_lock`
+    (held, not moved), FOR UPDATE, in one order: batches that share a row never interleave.
+    """
     last: dict[tuple[str, int], int] = {}
     for e in events:
         last[(e.topic, e.partition)] = max(e.offset, last.get((e.topic, e.partition), -1))
+    held = sorted(set(last) | set(also_lock))
     parts = sorted(last)
-    topics, partitions = [p[0] for p in parts], [p[1] for p in parts]
+    topics, partitions = [p[0] for p in held], [p[1] for p in held]
     async with conn.transaction():
         await conn.execute(
             """
@@ -56,7 +64,7 @@ async def watermarked(
             stage,
             topics,
             partitions,
-            [-1] * len(parts),
+            [-1] * len(held),
         )
         rows = await conn.fetch(
             """
@@ -81,8 +89,8 @@ async def watermarked(
               AND p.last_offset > w.last_offset
             """,
             stage,
-            topics,
-            partitions,
+            [p[0] for p in parts],
+            [p[1] for p in parts],
             [last[p] for p in parts],
         )
 

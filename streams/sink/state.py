@@ -16,7 +16,7 @@ workers briefly owning one partition serialise on the watermark row.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,10 +65,16 @@ class StateStore:
 
     @asynccontextmanager
     async def track_batch(
-        self, stage: str, events: Sequence[RawEvent]
+        self, stage: str, events: Sequence[RawEvent], also_lock: Iterable[tuple[str, int]] = ()
     ) -> AsyncIterator[TrackBatch]:
-        """Open the batch's transaction; commit its effects with its offsets on exit."""
-        async with self.pool.acquire() as conn, watermarked(conn, stage, events) as fresh:
+        """Open the batch's transaction; commit its effects with its offsets on exit.
+
+        `also_lock`: other (topic, partition) watermark rows to hold (not move) meanwhile.
+        """
+        async with (
+            self.pool.acquire() as conn,
+            watermarked(conn, stage, events, also_lock) as fresh,
+        ):
             yield TrackBatch(conn, fresh)
 
     @asynccontextmanager

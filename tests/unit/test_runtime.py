@@ -115,8 +115,8 @@ async def test_a_poison_record_is_handed_to_what_holds_it_once() -> None:
 
 
 async def test_a_failure_while_stopping_goes_to_the_caller_when_faust_does_not_ack() -> None:
-    """The sweep of waiting records keeps its state in Postgres only: a set that fails while
-    the worker stops must go to its caller, not end the process (exit 70 would make a
+    """The decisions consumer and the sweep keep their offsets in Postgres only: a batch that
+    fails while the worker stops must end their loop, not the process (exit 70 would make a
     SIGTERM look like a crash)."""
     rt, sent = _runtime()
     rt.stopping = True
@@ -125,7 +125,7 @@ async def test_a_failure_while_stopping_goes_to_the_caller_when_faust_does_not_a
         raise ConnectionError("the producer is stopped")
 
     with pytest.raises(ConnectionError):
-        await rt.settle("sweep", _batch(4), handle, faust_acks=False)
+        await rt.settle("record", _batch(4), handle, faust_acks=False)
     assert sent == [], "nothing dead-lettered: the batch is left for the next reader"
 
 
