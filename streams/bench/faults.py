@@ -1331,8 +1331,11 @@ async def _committed_past_applied(env: Env) -> dict[str, int]:
     s = env.settings
     admin = kafka_clients.admin(s)
     await admin.start()
+    committed = {}
     try:
-        committed = await admin.list_consumer_group_offsets(s.app_id)
+        # faust's group, and the decisions consumer's (`streams.agents.record`)
+        for group in (s.app_id, f"{s.app_id}-decisions"):
+            committed.update(await admin.list_consumer_group_offsets(group))
     finally:
         await admin.close()
     conn = await asyncpg.connect(env.dsn, timeout=10)
