@@ -1,7 +1,7 @@
 """The Faust application: the stages' agents, the replicas, the timers and the web pages.
 
-Agents: decide (visits), track (exposures, conversions), learn (segment-deltas), changes
-(experiment-changes); decisions are read by a plain consumer task (`agents.record`).
+Agents: track (exposures, conversions), learn (segment-deltas), changes (experiment-changes).
+Tasks with plain consumers (`agents.plain`): decide (visits), record (decisions).
 Timers: the experiment owner's weights and insights, and the sweep of what waits and of
 unsent deltas. Pages: health, metrics, POST /decide, dashboard.
 
@@ -18,11 +18,10 @@ from typing import Any, cast
 import faust
 
 from streams import kafka_clients, logs, metrics
-from streams.agents.decide import decide_batch
 from streams.agents.http import decide_request
 from streams.agents.learn import learn_batch
+from streams.agents.plain import DECIDE, RECORD, PlainStage, consume_forever
 from streams.agents.publish import Publisher
-from streams.agents.record import record_forever
 from streams.agents.replicas import run_replicas
 from streams.agents.track import resend_outbox, sweep_waiting, track_batch
 from streams.runtime import BatchHandler, Runtime, raw_event
@@ -32,7 +31,6 @@ from streams.topics import (
     EXPERIMENT_CHANGES,
     EXPOSURES,
     SEGMENT_DELTAS,
-    VISITS,
 )
 from streams.web import Dashboard
 
@@ -69,7 +67,6 @@ def _raw_topic(*names: str) -> faust.TopicT:
     )
 
 
-visits_topic = _raw_topic(runtime.topics[VISITS])
 tracked_topic = _raw_topic(runtime.topics[EXPOSURES], runtime.topics[CONVERSIONS])
 deltas_topic = _raw_topic(runtime.topics[SEGMENT_DELTAS])
 changes_topic = _raw_topic(runtime.topics[EXPERIMENT_CHANGES])
@@ -119,12 +116,21 @@ async def replicas() -> None:
     await run_replicas(runtime)
 
 
-@app.task
-async def record() -> None:
-    """The decisions of record, read outside faust (`streams.agents.record`)."""
+async def _plain(stage: PlainStage) -> None:
+    """A stage read outside faust (`streams.agents.plain`), once the replicas are read."""
     await runtime.replicas_ready.wait()
     _bind_producer()
-    await record_forever(runtime)
+    await consume_forever(runtime, stage)
+
+
+@app.task
+async def decide() -> None:
+    await _plain(DECIDE)
+
+
+@app.task
+async def record() -> None:
+    await _plain(RECORD)
 
 
 async def _consume(stream: Any, stage: str, handle: BatchHandler, max_: int, within: float) -> None:
@@ -137,11 +143,6 @@ async def _consume(stream: Any, stage: str, handle: BatchHandler, max_: int, wit
 
 
 # `stream: Any`: faust's Stream has take_events, its StreamT annotation does not
-@app.agent(visits_topic, concurrency=1)
-async def decide(stream: Any) -> None:
-    await _consume(stream, "decide", decide_batch, settings.batch_max, settings.batch_within_s)
-
-
 @app.agent(tracked_topic, concurrency=1)
 async def track(stream: Any) -> None:
     await _consume(stream, "track", track_batch, settings.batch_max, settings.track_batch_within_s)

@@ -154,8 +154,9 @@ class Runtime:
         that one goes to the dead-letter topic with the exception (then to `poisoned`, if
         given, so that what holds it can let it go), and the partition goes on. A batch that
         fails while the worker stops is never acked: the process exits — or, for records
-        faust does not ack (`faust_acks=False`: the decisions consumer, the sweep, whose
-        offsets live in Postgres only), the error goes to the caller, which stops.
+        faust does not ack (`faust_acks=False`: the plain consumers, which commit only after
+        the batch, and the sweep, whose offsets live in Postgres), the error goes to the
+        caller, which stops.
         """
         tries = 0
         delay = 0.2

@@ -79,8 +79,7 @@ class Settings(BaseSettings):
     log_level: str = Field(default="info", validation_alias="BANDIT_LOG_LEVEL")
 
     # --- stages ---
-    batch_max: int = Field(default=500, ge=1, validation_alias="BANDIT_BATCH_MAX")
-    batch_within_s: float = Field(default=0.02, gt=0, validation_alias="BANDIT_BATCH_WITHIN_S")
+    batch_max: int = Field(default=2000, ge=1, validation_alias="BANDIT_BATCH_MAX")
     track_batch_within_s: float = Field(
         default=0.05, gt=0, validation_alias="BANDIT_TRACK_BATCH_WITHIN_S"
     )

@@ -1,7 +1,7 @@
 """decisions + exposures + conversions → the state of record, on the visitor partition.
 
 faust reads exposures and conversions (`track_batch`); decisions come from a plain consumer
-(`agents.record`, `record_decisions`): the same transaction, on the same watermark rows.
+(`agents.plain`, `record_decisions`): the same transaction, on the same watermark rows.
 
 One Postgres transaction per batch holds its effects, its offsets and its segment deltas
 (outbox); the deltas are sent to `segment-deltas` after the commit. What waits is re-read
@@ -68,7 +68,7 @@ async def track_batch(
 
 
 async def record_decisions(rt: Runtime, batch: Sequence[RawEvent]) -> None:
-    """A batch of `decisions` (read by `agents.record`, not by faust): a track batch that
+    """A batch of `decisions` (read by `agents.plain`, not by faust): a track batch that
     also holds the exposures' and conversions' watermark rows of its visitor partitions, so
     that a decision and an exposure waiting for it are never applied side by side (each
     would miss the other), whichever worker reads which."""

@@ -115,9 +115,9 @@ async def test_a_poison_record_is_handed_to_what_holds_it_once() -> None:
 
 
 async def test_a_failure_while_stopping_goes_to_the_caller_when_faust_does_not_ack() -> None:
-    """The decisions consumer and the sweep keep their offsets in Postgres only: a batch that
-    fails while the worker stops must end their loop, not the process (exit 70 would make a
-    SIGTERM look like a crash)."""
+    """The plain consumers (decide, record) commit only after a batch, the sweep keeps its
+    offsets in Postgres: a batch that fails while the worker stops must end their loop, not
+    the process (exit 70 would make a SIGTERM look like a crash)."""
     rt, sent = _runtime()
     rt.stopping = True
 

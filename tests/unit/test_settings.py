@@ -56,7 +56,7 @@ def test_a_child_reads_back_the_settings_of_its_parent(monkeypatch: pytest.Monke
         KAFKA_SASL_USERNAME="svc",
         KAFKA_SASL_PASSWORD="s3cret",
         BANDIT_PARTITIONS=12,
-        BANDIT_BATCH_WITHIN_S=0.125,
+        BANDIT_TRACK_BATCH_WITHIN_S=0.125,
     )
     env = parent.environment()
     # the child starts no service of its own: the local ones are named, not left unset
