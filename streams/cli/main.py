@@ -10,6 +10,7 @@ import asyncio
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -196,9 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "worker":
+        # SIGTERM (kill, a supervisor) ends a command as Ctrl-C does: what it started (local
+        # services, workers, scratch topics) is stopped on the way out, not orphaned
+        signal.signal(signal.SIGTERM, _interrupt)
         # a producer's first send to a topic created a moment ago logs one recovered
         # NotLeaderForPartition warning: noise for a command-line user
         logging.getLogger("aiokafka").setLevel(logging.ERROR)
