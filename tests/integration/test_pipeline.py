@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import orjson
@@ -25,6 +26,8 @@ from tests.integration.pipeline import (
     synthetic_exposures,
     visit,
 )
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.integration
 
@@ -68,10 +71,13 @@ async def test_visits_get_decisions_and_bad_input_goes_to_deadletter(pipeline: P
         decisions = await read(pipeline, "decisions", lambda d: len(d) >= 20)
         dead = await read(pipeline, "deadletter", lambda d: len(d) >= len(bad))
         assert worker.proc is not None and worker.proc.poll() is None, "the worker is still up"
-        counted = {
-            reason: _metric(worker.web_port, f'bandit_dead_letters_total{{reason="{reason}"}}')
-            for reason in ("malformed_json", "oversized", "duplicate_event")
-        }
+        counted = await _settled_metrics(
+            lambda: {
+                reason: _metric(worker.web_port, f'bandit_dead_letters_total{{reason="{reason}"}}')
+                for reason in ("malformed_json", "oversized", "duplicate_event")
+            },
+            lambda c: min(c.values()) >= 1,
+        )
     finally:
         assert worker.stop() == 0
     assert sorted(d["event_id"] for d in decisions) == sorted(v["event_id"] for v in visits)
@@ -191,7 +197,10 @@ async def test_two_workers_split_partitions_and_each_replicates_every_allocation
         await produce_docs(pipeline, "decisions", decisions_for(exposures))
         await produce_docs(pipeline, "exposures", exposures)
         allocations = await read(pipeline, "allocations", lambda d: len(d) >= 3)
-        decided = [_metric(w.web_port, 'bandit_events_in_total{topic="visits"}') for w in workers]
+        visits_in = 'bandit_events_in_total{topic="visits"}'
+        decided = await _settled_metrics(
+            lambda: [_metric(w.web_port, visits_in) for w in workers], lambda d: sum(d) >= 400
+        )
         # the publisher goes on (heartbeats): compare each replica with the topic at one time,
         # polling until both caught up with what the topic held when they were read
         loop = asyncio.get_running_loop()
@@ -214,6 +223,18 @@ async def test_two_workers_split_partitions_and_each_replicates_every_allocation
     assert sum(decided) == 400 and min(decided) > 0, f"both workers decided visits: {decided}"
     assert published >= len(allocations) > 0
     assert min(seen) >= published, f"each worker applied every allocation record: {seen}"
+
+
+async def _settled_metrics(read: Callable[[], T], enough: Callable[[T], bool]) -> T:
+    """The metrics once `enough` holds, or after 30 s. A worker counts an effect just after it
+    is visible (a dead letter is counted when the send that the test already read from the
+    topic returns), so a single scrape would race it; more than expected still fails."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        values = await asyncio.to_thread(read)
+        if enough(values) or asyncio.get_running_loop().time() > deadline:
+            return values
+        await asyncio.sleep(0.2)
 
 
 def _metric(port: int, name: str) -> float:
