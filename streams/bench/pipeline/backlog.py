@@ -37,7 +37,6 @@ class PipelineResult:
     decide_seconds: float
     track_seconds: float
     attributed: int
-    unattributed: int
     produce_seconds: float
     ready_seconds: float
 
@@ -50,16 +49,16 @@ class PipelineResult:
         return self.events / self.seconds
 
 
-def _all_counted(counts: tuple[int, int, int], backlog: Backlog) -> bool:
+def _all_counted(counts: tuple[int, int], backlog: Backlog) -> bool:
     """Whether Postgres counts the whole backlog; counting more than was produced is an error."""
-    exposures, converted, lost = counts
-    if exposures > backlog.exposures or converted + lost > backlog.conversions:
+    exposures, converted = counts
+    if exposures > backlog.exposures or converted > backlog.conversions:
         msg = (
             f"Postgres counts more than was produced: {exposures} exposures of "
-            f"{backlog.exposures}, {converted}+{lost} conversions of {backlog.conversions}"
+            f"{backlog.exposures}, {converted} conversions of {backlog.conversions}"
         )
         raise BenchError(msg)
-    return exposures == backlog.exposures and converted + lost == backlog.conversions
+    return exposures == backlog.exposures and converted == backlog.conversions
 
 
 async def measure_pipeline(
@@ -85,7 +84,7 @@ async def measure_pipeline(
         t_ready = await worker.ready_at()
         progress(f"(a) worker ready after {t_ready - t_launch:.1f} s; processing")
         deadline = t_ready + timeout
-        counts = (0, 0, 0)
+        counts = (0, 0)
         t_tracked: float | None = None
         last_report = time.perf_counter()
         while True:
@@ -103,7 +102,7 @@ async def measure_pipeline(
             if now > deadline:
                 msg = (
                     f"(a) not done in {timeout:.0f} s: {decisions.count:,}/{backlog.visits:,}"
-                    f" decisions, Postgres (exposures, conversions, refused) = "
+                    f" decisions, Postgres (exposures, conversions) = "
                     f"{counts}; log {worker.log}"
                 )
                 raise BenchError(msg)
@@ -111,11 +110,11 @@ async def measure_pipeline(
                 last_report = now
                 progress(
                     f"(a) {decisions.count:,}/{backlog.visits:,} decisions, Postgres "
-                    f"(exposures, conversions, refused) = {counts}"
+                    f"(exposures, conversions) = {counts}"
                 )
             await asyncio.sleep(POLL_S)
     t_start = decisions.measured_from(t_ready)
-    _, converted, lost = counts
+    _, converted = counts
     return PipelineResult(
         visits=backlog.visits,
         events=backlog.events,
@@ -123,7 +122,6 @@ async def measure_pipeline(
         decide_seconds=decisions.done - t_start,
         track_seconds=t_tracked - t_start,
         attributed=converted,
-        unattributed=lost,
         produce_seconds=produced,
         ready_seconds=t_ready - t_launch,
     )

@@ -137,24 +137,15 @@ async def scratch(base: Settings, label: str, *, database: bool) -> AsyncIterato
                 progress(f"could not drop database {name}: {exc}")
 
 
-async def counted_in_postgres(conn: asyncpg.Connection) -> tuple[int, int, int]:
-    """(exposures, conversions, conversions refused for good) counted in Postgres.
-
-    Conversions read before their exposure either wait in `pending_conversions` (counted
-    once their exposure arrives) or, with the older schema, were counted for good in
-    `unattributed_conversions`: the latter are "accounted for", the former not yet.
-    """
+async def counted_in_postgres(conn: asyncpg.Connection) -> tuple[int, int]:
+    """(exposures, conversions) in the learned counts (`variant_segment_state`); records
+    that wait (`pending_events`) are not counted yet."""
     row = await conn.fetchrow(
         "SELECT coalesce(sum(exposures), 0)::bigint AS e, "
         "coalesce(sum(conversions), 0)::bigint AS c FROM variant_segment_state"
     )
     assert row is not None
-    refused = 0
-    if await conn.fetchval("SELECT to_regclass('unattributed_conversions') IS NOT NULL"):
-        refused = await conn.fetchval(
-            "SELECT coalesce(sum(conversions), 0)::bigint FROM unattributed_conversions"
-        )
-    return int(row["e"]), int(row["c"]), int(refused)
+    return int(row["e"]), int(row["c"])
 
 
 # --- reading an output topic ------------------------------------------------------------

@@ -204,7 +204,7 @@ async def _wait_tracked(
     try:
         deadline = time.perf_counter() + timeout
         while True:
-            counted, converted, _ = await counted_in_postgres(conn)
+            counted, converted = await counted_in_postgres(conn)
             if (counted, converted) == (exposures, conversions):
                 return counted, converted
             if time.perf_counter() > deadline:

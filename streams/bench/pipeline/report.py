@@ -81,11 +81,7 @@ class Report:
             ),
             ("    all decisions on `decisions` after", f"{p.decide_seconds:.2f} s", ""),
             ("    all counts in Postgres after", f"{p.track_seconds:.2f} s", ""),
-            (
-                "    conversions attributed / unattributable",
-                f"{p.attributed:,} / {p.unattributed:,}",
-                "",
-            ),
+            ("    conversions attributed", f"{p.attributed:,}", ""),
             ("    worker start → /ready", f"{p.ready_seconds:.1f} s", ""),
         ]
 
