@@ -1,7 +1,8 @@
 """The Faust application: the stages' agents, the replicas, the timers and the web pages.
 
-Agents: track (exposures, conversions), learn (segment-deltas), changes (experiment-changes).
-Tasks with plain consumers (`agents.plain`): decide (visits), record (decisions).
+Agents: track (exposures, conversions), changes (experiment-changes).
+Tasks with plain consumers (`agents.plain`): decide (visits), record (decisions), learn
+(segment-deltas).
 Timers: the experiment owner's weights and insights, and the sweep of what waits and of
 unsent deltas. Pages: health, metrics, POST /decide, dashboard.
 
@@ -19,8 +20,7 @@ import faust
 
 from streams import kafka_clients, logs, metrics
 from streams.agents.http import decide_request
-from streams.agents.learn import learn_batch
-from streams.agents.plain import DECIDE, RECORD, PlainStage, consume_forever
+from streams.agents.plain import DECIDE, LEARN, RECORD, PlainStage, consume_forever
 from streams.agents.publish import Publisher
 from streams.agents.replicas import run_replicas
 from streams.agents.track import resend_outbox, sweep_waiting, track_batch
@@ -30,7 +30,6 @@ from streams.topics import (
     CONVERSIONS,
     EXPERIMENT_CHANGES,
     EXPOSURES,
-    SEGMENT_DELTAS,
 )
 from streams.web import Dashboard
 
@@ -68,7 +67,6 @@ def _raw_topic(*names: str) -> faust.TopicT:
 
 
 tracked_topic = _raw_topic(runtime.topics[EXPOSURES], runtime.topics[CONVERSIONS])
-deltas_topic = _raw_topic(runtime.topics[SEGMENT_DELTAS])
 changes_topic = _raw_topic(runtime.topics[EXPERIMENT_CHANGES])
 
 
@@ -133,6 +131,11 @@ async def record() -> None:
     await _plain(RECORD)
 
 
+@app.task
+async def learn() -> None:
+    await _plain(LEARN)
+
+
 async def _consume(stream: Any, stage: str, handle: BatchHandler, max_: int, within: float) -> None:
     """The shape of every agent: wait for the replicas, then apply batch after batch."""
     await runtime.replicas_ready.wait()
@@ -146,11 +149,6 @@ async def _consume(stream: Any, stage: str, handle: BatchHandler, max_: int, wit
 @app.agent(tracked_topic, concurrency=1)
 async def track(stream: Any) -> None:
     await _consume(stream, "track", track_batch, settings.batch_max, settings.track_batch_within_s)
-
-
-@app.agent(deltas_topic, concurrency=1)
-async def learn(stream: Any) -> None:
-    await _consume(stream, "learn", learn_batch, 1000, 0.05)
 
 
 @app.agent(changes_topic, concurrency=1)

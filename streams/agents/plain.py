@@ -1,8 +1,10 @@
-"""The stages read by plain aiokafka consumers instead of faust agents: decide and record.
+"""The stages read by plain aiokafka consumers instead of faust agents: decide, record, learn.
 
-Both keep no state that faust manages, and through faust's per-record stream machinery
-(one `wait_first` with two tasks, a conductor dispatch, sensors and a stream iteration per
-record) reading them cost more CPU than applying them (py-spy, issue 15). Here a whole
+They keep no state that faust manages. Through faust's per-record stream machinery (one
+`wait_first` with two tasks, a conductor dispatch, sensors and a stream iteration per
+record) reading decide and record cost more CPU than applying them (py-spy, issue 15), and
+faust delivers every topic of a worker through one loop, so learn's deltas waited behind a
+full buffer of exposures (the counts trailed the decisions by ~2 s in a backlog). Here a whole
 fetch is one batch, settled by `Runtime.settle` like an agent's, and its offsets are
 committed to Kafka after it is applied, in the group `<app id>-<stage>`:
 
@@ -13,6 +15,11 @@ committed to Kafka after it is applied, in the group `<app id>-<stage>`:
 - **record** (`decisions`, group `<app id>-record`): a fetch goes into one track transaction
   with its offsets (`track.record_decisions`), so a redelivery is skipped; Kafka's offsets
   only say where to start reading again.
+- **learn** (`segment-deltas`, group `<app id>-learn`): the same, with `store.learn_batch`
+  (the deltas' ids are recorded too, so a delta sent twice is applied once). Two consumers
+  holding a partition for a moment during a rebalance serialise on its watermark row: the
+  partition's counts still have one writer at a time, and the second skips what the first
+  applied.
 """
 
 from __future__ import annotations
@@ -26,10 +33,11 @@ from aiokafka.errors import KafkaError
 
 from streams import kafka_clients
 from streams.agents.decide import decide_batch
+from streams.agents.learn import learn_batch
 from streams.agents.track import record_decisions
 from streams.pipeline.events import RawEvent
 from streams.runtime import BatchHandler, Runtime
-from streams.topics import DECISIONS, VISITS
+from streams.topics import DECISIONS, SEGMENT_DELTAS, VISITS
 
 log = logging.getLogger("bandit_stream.plain")
 
@@ -46,6 +54,8 @@ class PlainStage:
 
 DECIDE = PlainStage("decide", VISITS, decide_batch)
 RECORD = PlainStage("record", DECISIONS, record_decisions)
+LEARN = PlainStage("learn", SEGMENT_DELTAS, learn_batch)
+STAGES = (DECIDE, RECORD, LEARN)
 
 
 async def consume_forever(rt: Runtime, stage: PlainStage) -> None:

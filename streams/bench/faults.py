@@ -46,7 +46,7 @@ from pydantic import SecretStr
 
 from streams import kafka_clients
 from streams.admin import ensure_topics
-from streams.agents.plain import RECORD
+from streams.agents.plain import STAGES
 from streams.contracts import format_timestamp
 from streams.core.segments import SEGMENT_VOCABULARIES, segment_key
 from streams.experiments import new_experiment_document
@@ -1334,8 +1334,8 @@ async def _committed_past_applied(env: Env) -> dict[str, int]:
     await admin.start()
     committed = {}
     try:
-        # faust's group, and the record stage's (`streams.agents.plain`)
-        for group in (s.app_id, RECORD.group(s.app_id)):
+        # faust's group, and the plain stages' (`streams.agents.plain`)
+        for group in (s.app_id, *(stage.group(s.app_id) for stage in STAGES)):
             committed.update(await admin.list_consumer_group_offsets(group))
     finally:
         await admin.close()
