@@ -157,7 +157,7 @@ def recommendations(
         winner = next((v for v in range(k) if all(beats(r, v, o) for o in others(v))), None)
         if winner is None and r not in not_yet_rows:
             continue
-        # not decision-grade: the evidence leads (ties below 0 broken by the unclipped end)
+        # not decision-grade: the highest lower end, unclipped (ends clipped at 0 still rank)
         leader = int(np.argmax(rates.evidence[r])) if winner is None else winner
         # The runner is the strongest contender by its point estimate: when the evidence
         # names another leader than the point estimates do, the item sets the two side by
