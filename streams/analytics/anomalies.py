@@ -54,7 +54,7 @@ import numpy as np
 from scipy import stats
 
 from streams.analytics import fixed
-from streams.analytics.ipw import Cells, hajek_rate, log_ratio_independent
+from streams.analytics.ipw import Cells, hajek_rate, kish, log_ratio_independent
 
 SRM_P: Final = 1e-4
 SRM_MIN_PER_VARIANT: Final = 5
@@ -144,7 +144,7 @@ def sample_ratio_mismatch(cells: Cells) -> list[Anomaly]:
     q, p = srm_statistic(w, np.maximum(w2, implied))
     empty = (n.min(axis=1) == 0) & (total >= SRM_EMPTY_VARIANT)
     with np.errstate(divide="ignore", invalid="ignore"):
-        effective = np.where(w2 > 0, w**2 / np.where(w2 > 0, w2, 1.0), 0.0)
+        effective = np.nan_to_num(kish(w, w2))
         share = np.where(total[:, None] > 0, n / np.where(total > 0, total, 1.0)[:, None], 0.0)
     testable = (
         (n.min(axis=1) >= SRM_MIN_PER_VARIANT)

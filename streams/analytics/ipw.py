@@ -176,6 +176,14 @@ def _div(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+def kish(w: np.ndarray | float, w2: np.ndarray | float) -> np.ndarray:
+    """Kish's effective sample size (Σ 1/p)² / Σ 1/p² of exposures with weights 1/p (from
+    `Cells.w`, `Cells.w2`): the number of equally weighted exposures a weighted mean over them
+    is as precise as, ≤ the exposures (equal only when every p is the same). NaN without any."""
+    w = np.asarray(w, dtype=float)
+    return _div(w * w, w2)
+
+
 @dataclass(frozen=True, eq=False)
 class Sums:
     """Σ y/p, Σ 1/p, Σ y/p², Σ 1/p² over the exposures of one variant in some decisions,

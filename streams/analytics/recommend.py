@@ -1,19 +1,33 @@
 """Recommendations in plain language, with the numbers behind them.
 
-Only decision-grade evidence (`lift.analyse` flags) becomes advice. Otherwise the item says
-what is missing: exposures or conversions below the guards, or how many more decisions the
-current estimate would need before its always-valid interval excludes no lift (at the
-current traffic, how long).
+Only decision-grade evidence (`lift.analyse` flags) becomes advice: `serve` a variant when
+every pair it is in is flagged with it the higher rate; `target` / `investigate` a segment
+whose rate of a variant is flagged above / below the variant's global rate. Otherwise, for
+the experiment and its largest segments, the item names the variant the evidence favours,
+the one whose always-valid rate interval has the highest lower end, not the one with the
+highest point estimate: the rates are Hájek rates (`ipw.py`), and a variant the bandit
+starved has a few exposures at small propensities whose weights 1/p outweigh all its others,
+so two or three conversions among them put its estimate far above its truth. (A demo named a
+variant converting at 4 % the leader at 14.6 % on ~180 exposures; simulated, that variant's
+rate has mean 4 %, median 2.3 %, an effective sample size about 22, and exceeds the favoured
+variant's 12 % in 6 % of runs.) It says what is missing: exposures or conversions below the
+guards, or how many more decisions the current estimate would need before its always-valid
+interval excludes no lift (at the current traffic, how long).
+
+Every rate in an item carries its always-valid interval, its exposures and, when the weights
+1/p vary a lot, Kish's effective sample size (`ipw.kish`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 
 from streams.analytics import sequential
+from streams.analytics.ipw import kish
 from streams.analytics.lift import MIN_CONVERSIONS, MIN_EXPOSURES, Analysis
 
 NOT_YET_ITEMS: Final = 5
@@ -54,35 +68,103 @@ def _needed(analysis: Analysis, estimate: float, se: float, n: float) -> float |
     return float(n * growth[enough[0]]) if enough.size else None
 
 
+EFFECTIVE_SHOWN_BELOW: Final = 0.5
+"""A rate's message adds its effective sample size when that is below this share of its
+exposures. Kish's n_eff / n = 1 / (1 + CV²) (CV: coefficient of variation of the weights
+1/p), so this shows it once the weights' CV exceeds 1: a few exposures carry most of it."""
+
+
+def _rate_text(rate: float, low: float, high: float, exposures: float, effective: float) -> str:
+    text = f"{pct(rate)} [{pct(low)}, {pct(high)}] on {exposures:,.0f} exposures"
+    if effective < EFFECTIVE_SHOWN_BELOW * exposures:  # False for NaN
+        text += f" (effectively {effective:,.0f})"
+    return text
+
+
+@dataclass(frozen=True, eq=False)
+class _Rates:
+    """Per row (segments, then `*` for the experiment) and variant: a rate and its numbers."""
+
+    rate: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    exposures: np.ndarray
+    effective: np.ndarray
+    evidence: np.ndarray  # the interval's lower end before clipping at 0, -inf without a rate
+
+    @classmethod
+    def of(cls, analysis: Analysis) -> _Rates:
+        cells = analysis.cells
+        low, high = analysis.rate_interval(analysis.rate)
+        g_low, g_high = analysis.rate_interval(analysis.global_rate)
+        rate = np.vstack([analysis.rate.estimate, analysis.global_rate.estimate])
+        half = np.vstack([analysis.rate_half_width(analysis.rate),
+                          analysis.rate_half_width(analysis.global_rate)])  # fmt: skip
+        return cls(
+            rate, np.vstack([low, g_low]), np.vstack([high, g_high]),
+            np.vstack([cells.exposures, cells.exposures.sum(0)]),
+            np.vstack([kish(cells.w, cells.w2), kish(cells.w.sum(0), cells.w2.sum(0))]),
+            np.nan_to_num(rate - half, nan=-np.inf),
+        )  # fmt: skip
+
+    def text(self, r: int, j: int) -> str:
+        return _rate_text(self.rate[r, j], self.low[r, j], self.high[r, j],
+                          self.exposures[r, j], self.effective[r, j])  # fmt: skip
+
+    def fields(self, r: int, j: int, prefix: str = "") -> dict[str, Any]:
+        """The item's fields of this rate (`versus_` ones with `prefix` "versus_")."""
+        return {
+            f"{prefix}rate": _f(self.rate[r, j]),
+            f"{prefix}rate_interval": [_f(self.low[r, j]), _f(self.high[r, j])],
+            f"{prefix}exposures": int(self.exposures[r, j]),
+            f"{prefix}effective_n": _f(self.effective[r, j]),
+        }
+
+
 def recommendations(
     analysis: Analysis, names: dict[str, str], decisions_per_second: float | None
 ) -> list[dict[str, Any]]:
     cells = analysis.cells
     items: list[dict[str, Any]] = []
     lift, low, high = analysis.lift_interval(analysis.pair_lift.estimate)
+    log_lift = analysis.pair_lift.estimate.estimate
     pairs = analysis.pairs
     rows = [*cells.segments, "*"]
-    rates = np.vstack([analysis.rate.estimate, analysis.global_rate.estimate[None, :]])
-    exposures = np.vstack([cells.exposures, cells.exposures.sum(0)[None, :]])
-    conversions = np.vstack([cells.conversions, cells.conversions.sum(0)[None, :]])
+    rates = _Rates.of(analysis)
+    conversions = np.vstack([cells.conversions, cells.conversions.sum(0)])
     decisions = np.append(cells.decisions, cells.decisions.sum())
-    flagged = analysis.flagged_pair
-    p_count = len(pairs)
+    flagged = analysis.flagged_pair.ravel()
+    p_count, k = len(pairs), len(cells.variants)
 
     def pair_index(row: int, a: int, b: int) -> tuple[int, float]:
         """Flat index of (a, b) or (b, a) in `row`, and the sign that makes it a vs b."""
         j = pairs.index((min(a, b), max(a, b)))
         return row * p_count + j, 1.0 if a < b else -1.0
 
+    def others(v: int) -> list[int]:
+        return [o for o in range(k) if o != v]
+
+    def beats(row: int, a: int, b: int) -> bool:
+        """a against b is decision-grade and a has the higher rate."""
+        flat, sign = pair_index(row, a, b)
+        return bool(flagged[flat]) and sign * float(log_lift[flat]) > 0
+
     order = sorted(range(len(cells.segments)), key=lambda i: -decisions[i])
     not_yet_rows = {len(rows) - 1, *order[:NOT_YET_ITEMS]}
     for r, key in enumerate(rows):
-        if len(cells.variants) < 2 or decisions[r] <= 0:
+        if k < 2 or decisions[r] <= 0:
             continue
-        ranked = [int(j) for j in np.argsort(-np.nan_to_num(rates[r], nan=-1.0))]
-        leader, runner = ranked[0], ranked[1]
-        beats_all = all(flagged[r, pairs.index((min(leader, o), max(leader, o)))]
-                        for o in ranked[1:])  # fmt: skip
+        winner = next((v for v in range(k) if all(beats(r, v, o) for o in others(v))), None)
+        if winner is None and r not in not_yet_rows:
+            continue
+        # not decision-grade: the highest lower end, unclipped (ends clipped at 0 still rank)
+        leader = int(np.argmax(rates.evidence[r])) if winner is None else winner
+        # The runner is the strongest contender by its point estimate: when the evidence
+        # names another leader than the point estimates do, the item sets the two side by
+        # side, each with its interval, so the reader sees why the higher rate does not lead.
+        # (The highest upper end would instead pick the least-observed variant: its interval
+        # is the widest.)
+        runner = max(others(leader), key=lambda o: np.nan_to_num(rates.rate[r, o], nan=-1.0))
         flat, sign = pair_index(r, leader, runner)
         if sign > 0:
             point, lo, hi = float(lift[flat]), float(low[flat]), float(high[flat])
@@ -91,26 +173,23 @@ def recommendations(
         where = "the experiment" if key == "*" else key
         a, b = _name(names, cells.variants[leader]), _name(names, cells.variants[runner])
         numbers = (
-            f"{a} converts {pct(rates[r, leader])} vs {pct(rates[r, runner])} for {b}, "
-            f"{signed(point)} [{signed(lo)}, {signed(hi)}], "
-            f"n = {decisions[r]:,.0f}"
+            f"{a} converts {rates.text(r, leader)} vs {rates.text(r, runner)} for {b}, "
+            f"{signed(point)} [{signed(lo)}, {signed(hi)}], n = {decisions[r]:,.0f} decisions"
         )
         base = {
             "segment_key": key, "variant_id": cells.variants[leader],
-            "versus": cells.variants[runner], "rate": _f(rates[r, leader]),
-            "versus_rate": _f(rates[r, runner]), "lift": _f(point),
+            "versus": cells.variants[runner], **rates.fields(r, leader),
+            **rates.fields(r, runner, "versus_"), "lift": _f(point),
             "interval": [_f(lo), _f(hi)], "n": int(decisions[r]),
         }  # fmt: skip
-        if beats_all:
+        if winner is not None:
             items.append({**base, "status": "decision_grade", "action": "serve",
                           "message": f"{where}: {numbers} — decision-grade: {a} is the best "
                                      "variant here"})  # fmt: skip
             continue
-        if r not in not_yet_rows:
-            continue
         short = [
-            cells.variants[j] for j in (leader, runner)
-            if exposures[r, j] < MIN_EXPOSURES or conversions[r, j] < MIN_CONVERSIONS
+            _name(names, cells.variants[j]) for j in (leader, runner)
+            if rates.exposures[r, j] < MIN_EXPOSURES or conversions[r, j] < MIN_CONVERSIONS
         ]  # fmt: skip
         if short:
             missing = {
@@ -129,35 +208,38 @@ def recommendations(
                 missing = {"more_decisions": math.ceil(more)}
                 if decisions_per_second and decisions_per_second > 0:
                     missing["eta_seconds"] = math.ceil(more / decisions_per_second)
-        text = _missing_text(missing)
-        message = f"{where}: {numbers} — not decision-grade yet: {text}"
+        lead = f" ({a} leads on its interval's lower end)" if point < 0 else ""
+        message = f"{where}: {numbers} — not decision-grade yet{lead}: {_missing_text(missing)}"
         items.append(
             {**base, "status": "not_yet", "action": "wait", "missing": missing, "message": message}
         )
-    items.extend(_segment_items(analysis, names))
+    items.extend(_segment_items(analysis, names, rates))
     return items
 
 
-def _segment_items(analysis: Analysis, names: dict[str, str]) -> list[dict[str, Any]]:
+def _segment_items(
+    analysis: Analysis, names: dict[str, str], rates: _Rates
+) -> list[dict[str, Any]]:
     """High performers and underperformers (segment against the variant's global rate)."""
     cells = analysis.cells
     lift, low, high = analysis.lift_interval(analysis.segment_lift.estimate)
-    k = len(cells.variants)
+    k, total = len(cells.variants), len(cells.segments)  # `total`: the row of `*` in `rates`
     out = []
     for flat in np.nonzero(analysis.flagged_segment.ravel())[0]:
         i, j = divmod(int(flat), k)
         key, variant = cells.segments[i], cells.variants[j]
-        rate, overall = analysis.rate.estimate[i, j], analysis.global_rate.estimate[j]
         up = lift[flat] > 0
         out.append({
-            "segment_key": key, "variant_id": variant, "versus": "*", "rate": _f(rate),
-            "versus_rate": _f(overall), "lift": _f(lift[flat]),
-            "interval": [_f(low[flat]), _f(high[flat])], "n": int(cells.decisions[i]),
+            "segment_key": key, "variant_id": variant, "versus": "*",
+            **rates.fields(i, j), **rates.fields(total, j, "versus_"),
+            "lift": _f(lift[flat]), "interval": [_f(low[flat]), _f(high[flat])],
+            "n": int(cells.decisions[i]),
             "status": "decision_grade", "action": "target" if up else "investigate",
             "message": (
-                f"{key}: {_name(names, variant)} converts {pct(rate)} vs {pct(overall)} "
-                f"globally, {signed(lift[flat])} [{signed(low[flat])}, {signed(high[flat])}], "
-                f"n = {cells.decisions[i]:,.0f} — decision-grade "
+                f"{key}: {_name(names, variant)} converts {rates.text(i, j)} vs "
+                f"{rates.text(total, j)} globally, {signed(lift[flat])} "
+                f"[{signed(low[flat])}, {signed(high[flat])}], "
+                f"n = {cells.decisions[i]:,.0f} decisions — decision-grade "
                 + ("high performer" if up else "underperformer")
             ),
         })  # fmt: skip

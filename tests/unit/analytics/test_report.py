@@ -123,8 +123,10 @@ def test_advice_only_when_decision_grade_and_what_is_missing_otherwise() -> None
     serve = [i for i in items if i["action"] == "serve"]
     assert [(i["segment_key"], i["variant_id"]) for i in serve] == [(M, "b")]
     assert re.fullmatch(
-        rf"{re.escape(M)}: headline-b converts 6\.9 % vs 3\.5 % for headline-a, \+97 % "
-        r"\[\+\d+ %, \+\d+ %\], n = 2,820 — decision-grade: headline-b is the best variant here",
+        rf"{re.escape(M)}: headline-b converts 6\.9 % \[4\.7 %, 9\.1 %\] on 1,420 exposures vs "
+        r"3\.5 % \[1\.9 %, 5\.1 %\] on 1,400 exposures for headline-a, "
+        r"\+97 % \[\+\d+ %, \+\d+ %\], n = 2,820 decisions — "
+        r"decision-grade: headline-b is the best variant here",
         serve[0]["message"],
     )
     waiting = {i["segment_key"]: i for i in items if i["status"] == "not_yet"}
