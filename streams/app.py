@@ -24,7 +24,7 @@ from streams.agents.plain import DECIDE, LEARN, RECORD, PlainStage, consume_fore
 from streams.agents.publish import Publisher
 from streams.agents.replicas import run_replicas
 from streams.agents.track import resend_outbox, sweep_waiting, track_batch
-from streams.runtime import BatchHandler, Runtime, raw_event
+from streams.runtime import Runtime, raw_event
 from streams.settings import get_settings
 from streams.topics import (
     CONVERSIONS,
@@ -114,10 +114,15 @@ async def replicas() -> None:
     await run_replicas(runtime)
 
 
-async def _plain(stage: PlainStage) -> None:
-    """A stage read outside faust (`streams.agents.plain`), once the replicas are read."""
+async def _started() -> None:
+    """What every stage waits for: the replicas read, and the producer bound."""
     await runtime.replicas_ready.wait()
     _bind_producer()
+
+
+async def _plain(stage: PlainStage) -> None:
+    """A stage read outside faust (`streams.agents.plain`)."""
+    await _started()
     await consume_forever(runtime, stage)
 
 
@@ -136,19 +141,17 @@ async def learn() -> None:
     await _plain(LEARN)
 
 
-async def _consume(stream: Any, stage: str, handle: BatchHandler, max_: int, within: float) -> None:
-    """The shape of every agent: wait for the replicas, then apply batch after batch."""
-    await runtime.replicas_ready.wait()
-    _bind_producer()
-    _hold_commits()
-    async for events in stream.take_events(max_, within=within):
-        await runtime.run_batch(stage, [raw_event(e.message) for e in events], handle)
-
-
 # `stream: Any`: faust's Stream has take_events, its StreamT annotation does not
 @app.agent(tracked_topic, concurrency=1)
 async def track(stream: Any) -> None:
-    await _consume(stream, "track", track_batch, settings.batch_max, settings.track_batch_within_s)
+    """Exposures and conversions: the one batch stage faust reads (its commits held until
+    applied, `_hold_commits`)."""
+    await _started()
+    _hold_commits()
+    async for events in stream.take_events(
+        settings.batch_max, within=settings.track_batch_within_s
+    ):
+        await runtime.run_batch("track", [raw_event(e.message) for e in events], track_batch)
 
 
 @app.agent(changes_topic, concurrency=1)
