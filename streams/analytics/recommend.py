@@ -4,10 +4,11 @@ Only decision-grade evidence (`lift.analyse` flags) becomes advice: `serve` a va
 every pair it is in is flagged with it the higher rate; `target` / `investigate` a segment
 whose rate of a variant is flagged above / below the variant's global rate. Otherwise, for
 the experiment and its largest segments, the item names the variant the evidence favours,
-the one whose always-valid rate interval has the highest lower end, not the one with the
-highest point estimate: the rates are Hájek rates (`ipw.py`), and a variant the bandit
-starved has a few exposures at small propensities whose weights 1/p outweigh all its others,
-so two or three conversions among them put its estimate far above its truth. (A demo named a
+the one whose always-valid rate interval has the highest lower end (ties, such as every end
+at 0, broken by the rate), not the one with the highest point estimate: the rates are Hájek
+rates (`ipw.py`), and a variant the bandit starved has a few exposures at small
+propensities whose weights 1/p outweigh all its others, so two or three conversions among
+them put its estimate far above its truth. (A demo named a
 variant converting at 4 % the leader at 14.6 % on ~180 exposures; simulated, that variant's
 rate has mean 4 %, median 2.3 %, an effective sample size about 22, and exceeds the favoured
 variant's 12 % in 6 % of runs.) It says what is missing: exposures or conversions below the
@@ -90,7 +91,6 @@ class _Rates:
     high: np.ndarray
     exposures: np.ndarray
     effective: np.ndarray
-    evidence: np.ndarray  # the interval's lower end before clipping at 0, -inf without a rate
 
     @classmethod
     def of(cls, analysis: Analysis) -> _Rates:
@@ -98,14 +98,16 @@ class _Rates:
         low, high = analysis.rate_interval(analysis.rate)
         g_low, g_high = analysis.rate_interval(analysis.global_rate)
         rate = np.vstack([analysis.rate.estimate, analysis.global_rate.estimate])
-        half = np.vstack([analysis.rate_half_width(analysis.rate),
-                          analysis.rate_half_width(analysis.global_rate)])  # fmt: skip
         return cls(
             rate, np.vstack([low, g_low]), np.vstack([high, g_high]),
             np.vstack([cells.exposures, cells.exposures.sum(0)]),
             np.vstack([kish(cells.w, cells.w2), kish(cells.w.sum(0), cells.w2.sum(0))]),
-            np.nan_to_num(rate - half, nan=-np.inf),
         )  # fmt: skip
+
+    def evidence(self, r: int, j: int) -> tuple[float, float]:
+        """The rank of a not-yet leader: the interval's lower end as shown (ties, such as
+        every end at 0, broken by the rate), -inf without a rate."""
+        return _or_minus_inf(self.low[r, j]), _or_minus_inf(self.rate[r, j])
 
     def text(self, r: int, j: int) -> str:
         return _rate_text(self.rate[r, j], self.low[r, j], self.high[r, j],
@@ -157,8 +159,8 @@ def recommendations(
         winner = next((v for v in range(k) if all(beats(r, v, o) for o in others(v))), None)
         if winner is None and r not in not_yet_rows:
             continue
-        # not decision-grade: the highest lower end, unclipped (ends clipped at 0 still rank)
-        leader = int(np.argmax(rates.evidence[r])) if winner is None else winner
+        # not decision-grade: the highest lower end
+        leader = max(range(k), key=lambda v: rates.evidence(r, v)) if winner is None else winner
         # The runner is the strongest contender by its point estimate: when the evidence
         # names another leader than the point estimates do, the item sets the two side by
         # side, each with its interval, so the reader sees why the higher rate does not lead.
@@ -268,6 +270,11 @@ def _duration(seconds: int) -> str:
     if seconds < 172_800:
         return f"{seconds / 3600:.0f} h"
     return f"{seconds / 86_400:.0f} days"
+
+
+def _or_minus_inf(x: float | np.floating[Any]) -> float:
+    value = float(x)
+    return value if math.isfinite(value) else -math.inf
 
 
 def _f(x: float | np.floating[Any]) -> float | None:

@@ -128,7 +128,8 @@ def test_segment_items_carry_both_rates_numbers() -> None:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_leaders_and_winners_follow_the_rule(seed: int) -> None:
-    """Whatever the counts: a not-yet leader has the highest lower end of its row, a
+    """Whatever the counts: a not-yet leader has the highest lower end of its row (then the
+    highest rate), a
     decision-grade winner is the higher rate of every flagged pair it is in."""
     rng = np.random.default_rng(seed)
     segments = {}
@@ -143,19 +144,34 @@ def test_leaders_and_winners_follow_the_rule(seed: int) -> None:
     analysis = analyse(cells(segments))
     rows = [*analysis.cells.segments, "*"]
     rate = np.vstack([analysis.rate.estimate, analysis.global_rate.estimate])
-    half = np.vstack(
-        [analysis.rate_half_width(analysis.rate), analysis.rate_half_width(analysis.global_rate)]
-    )
-    lower = np.nan_to_num(rate - half, nan=-np.inf)
+    low = np.vstack([analysis.rate_interval(analysis.rate)[0],
+                     analysis.rate_interval(analysis.global_rate)[0]])  # fmt: skip
+    # the lower end as shown, ties (ends at 0) broken by the rate
+    evidence = [
+        [(lo, r) for lo, r in zip(*row, strict=True)] for row in zip(low, rate, strict=True)
+    ]
     log_lift = analysis.pair_lift.estimate.estimate.reshape(len(rows), -1)
     for item in recommendations(analysis, NAMES, None):
         if item["versus"] == "*":
             continue
         r, v = rows.index(item["segment_key"]), "abc".index(item["variant_id"])
         if item["status"] == "not_yet":
-            assert lower[r, v] == lower[r].max()
+            assert evidence[r][v] == max(evidence[r])
             continue
         for p, (a, b) in enumerate(analysis.pairs):
             if v in (a, b):
                 assert analysis.flagged_pair[r, p]
                 assert (log_lift[r, p] > 0) == (v == a)
+
+
+def test_when_every_lower_end_is_zero_the_higher_rate_leads() -> None:
+    # 30 exposures each at p = 0.01: 1 and 4 conversions (3.3 % and 13.3 %). Both always-valid
+    # intervals reach 0 (a handful of conversions at weight 100), so the shown lower ends tie
+    # and the rate decides; unclipped, a's end (narrower: fewer conversions) would rank first.
+    thin = {D: [[(30, 1, 0.01)], [(30, 4, 0.01)]]}
+    analysis = analyse(cells(thin))
+    low, _ = analysis.rate_interval(analysis.rate)
+    assert low[0].tolist() == [0.0, 0.0]
+    item = only(recommendations(analysis, NAMES, None), D, "not_yet")
+    assert (item["variant_id"], item["versus"]) == ("b", "a")
+    assert item["lift"] > 0 and "leads on its interval's lower end" not in item["message"]
