@@ -47,9 +47,9 @@ when the variant compared with has hardly converted, and its digits say nothing.
 
 
 def signed(x: float) -> str:
-    if not math.isfinite(x):
+    if math.isnan(x):
         return "n/a"
-    if x > LIFT_SHOWN_UP_TO:
+    if x > LIFT_SHOWN_UP_TO:  # also +inf: an upper end against a rate whose interval reaches 0
         return f"> {100 * LIFT_SHOWN_UP_TO:+.0f} %"
     return f"{100 * x:+.0f} %"
 

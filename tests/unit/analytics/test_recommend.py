@@ -4,6 +4,7 @@ its interval, exposures and effective sample size. Plain values, no I/O."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from streams.analytics.ipw import Cells
 from streams.analytics.lift import analyse
-from streams.analytics.recommend import EFFECTIVE_SHOWN_BELOW, pct, recommendations
+from streams.analytics.recommend import EFFECTIVE_SHOWN_BELOW, pct, recommendations, signed
 
 pytestmark = pytest.mark.unit
 
@@ -175,3 +176,10 @@ def test_when_every_lower_end_is_zero_the_higher_rate_leads() -> None:
     item = only(recommendations(analysis, NAMES, None), D, "not_yet")
     assert (item["variant_id"], item["versus"]) == ("b", "a")
     assert item["lift"] > 0 and "leads on its interval's lower end" not in item["message"]
+
+
+def test_an_unbounded_upper_end_reads_as_above_the_cap() -> None:
+    # b against a whose interval reaches 0 (a demo printed "[-100 %, n/a]"): the flipped
+    # lower end -1 gives 1 / 0 - 1 = +inf
+    assert signed(math.inf) == signed(11.0) == "> +1000 %"
+    assert signed(math.nan) == "n/a" and signed(-1.0) == "-100 %"
