@@ -82,13 +82,9 @@ class Analysis:
         centre = estimate.estimate
         return np.expm1(centre), np.expm1(centre - half), np.expm1(centre + half)
 
-    def rate_half_width(self, rate: Linear) -> np.ndarray:
-        """Half-width of `rate_interval` before its ends are clipped to [0, 1]."""
-        return sequential.boundary(rate.n, self.alpha, self.alpha) * rate.standard_error
-
     def rate_interval(self, rate: Linear) -> tuple[np.ndarray, np.ndarray]:
         """Per-rate always-valid interval at level α (not corrected for multiplicity)."""
-        half = self.rate_half_width(rate)
+        half = sequential.boundary(rate.n, self.alpha, self.alpha) * rate.standard_error
         return np.clip(rate.estimate - half, 0.0, 1.0), np.clip(rate.estimate + half, 0.0, 1.0)
 
 

@@ -166,7 +166,7 @@ def recommendations(
         # side, each with its interval, so the reader sees why the higher rate does not lead.
         # (The highest upper end would instead pick the least-observed variant: its interval
         # is the widest.)
-        runner = max(others(leader), key=lambda o: np.nan_to_num(rates.rate[r, o], nan=-1.0))
+        runner = max(others(leader), key=lambda o: _or_minus_inf(rates.rate[r, o]))
         flat, sign = pair_index(r, leader, runner)
         if sign > 0:
             point, lo, hi = float(lift[flat]), float(low[flat]), float(high[flat])
