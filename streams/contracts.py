@@ -5,9 +5,10 @@ module compiles each one with fastjsonschema once, and turns every failure into 
 code plus a sentence a person can act on, so nothing bad reaches the agents and every
 rejected message can go to the dead-letter topic with an explanation.
 
-Visits, the one contract read per decision, first meet a faster check built from the same
-schema (`fast_acceptor`): it may only say "valid" when fastjsonschema would, and anything
-it does not accept goes to fastjsonschema, whose answer (and reason) is final.
+The contracts read once per visit (visits, decisions, exposures, conversions:
+`FAST_CONTRACTS`) first meet a faster check built from the same schema (`fast_acceptor`): it
+may only say "valid" when fastjsonschema would, and anything it does not accept goes to
+fastjsonschema, whose answer (and reason) is final.
 """
 
 from __future__ import annotations
@@ -123,15 +124,16 @@ def _validator(contract: str, schema_dir: Path | None) -> Callable[[Any], Any]:
 Acceptor = Callable[[Any], bool]
 _ANNOTATIONS: Final = frozenset({"$schema", "$id", "$comment", "$defs", "title", "description",
                                  "examples"})  # fmt: skip
-_KEYWORDS: Final = frozenset({"type", "minLength", "maxLength", "pattern", "format",
-                              "minimum", "maximum", "properties", "required",
-                              "additionalProperties"})  # fmt: skip
+_KEYWORDS: Final = frozenset({"type", "enum", "minLength", "maxLength", "pattern", "format",
+                              "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                              "properties", "required", "additionalProperties"})  # fmt: skip
 _TIME_OF_DAY: Final = re.compile(
     r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?"
     r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])\Z"
 )
-FAST_CONTRACTS: Final = ("visits",)
-"""Contracts whose documents meet `fast_acceptor` before fastjsonschema."""
+FAST_CONTRACTS: Final = ("visits", "exposures", "conversions", "decisions")
+"""Contracts whose documents meet `fast_acceptor` before fastjsonschema: those read once per
+visit (a visit, its decision, its exposure and its conversion)."""
 
 
 class UnsupportedSchema(ValueError):
@@ -161,6 +163,8 @@ def _acceptor(node: Mapping[str, Any], root: Mapping[str, Any]) -> Acceptor:
         msg = f"keywords {sorted(unsupported)} are not implemented"
         raise UnsupportedSchema(msg)
     types = node.get("type")
+    if "enum" in node:
+        return _enum_acceptor(node)
     names = [types] if isinstance(types, str) else list(types or ())
     nullable = "null" in names
     names = [n for n in names if n != "null"]
@@ -175,6 +179,16 @@ def _acceptor(node: Mapping[str, Any], root: Mapping[str, Any]) -> Acceptor:
         kinds = {"integer": (int,), "number": (int, float), "boolean": (bool,)}[names[0]]
         low = node.get("minimum", -math.inf)
         high = node.get("maximum", math.inf)
+        above = node.get("exclusiveMinimum", -math.inf)
+        below = node.get("exclusiveMaximum", math.inf)
+        if above != -math.inf or below != math.inf:
+
+            def accept_number(value: Any) -> bool:
+                if type(value) not in kinds:
+                    return nullable and value is None
+                return low <= value <= high and above < value < below
+
+            return accept_number
         if nullable:
             return lambda value: value is None or (type(value) in kinds and low <= value <= high)
         return lambda value: type(value) in kinds and low <= value <= high
@@ -182,6 +196,19 @@ def _acceptor(node: Mapping[str, Any], root: Mapping[str, Any]) -> Acceptor:
         return _object_acceptor(node, root, nullable)
     msg = f"type {types!r} is not implemented"
     raise UnsupportedSchema(msg)
+
+
+def _enum_acceptor(node: Mapping[str, Any]) -> Acceptor:
+    """An enum of strings alone (no type or a string type beside it, nothing else)."""
+    values = node["enum"]
+    if set(node) - _ANNOTATIONS - {"enum", "type"} or node.get("type", "string") != "string":
+        msg = "enum with constraints other than type string is not implemented"
+        raise UnsupportedSchema(msg)
+    if not all(type(v) is str for v in values):
+        msg = f"enum {values!r}: only enums of strings are implemented"
+        raise UnsupportedSchema(msg)
+    allowed = frozenset(values)
+    return lambda value: type(value) is str and value in allowed
 
 
 def _string_acceptor(node: Mapping[str, Any], nullable: bool) -> Acceptor:
