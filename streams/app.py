@@ -80,11 +80,15 @@ publisher = Publisher(runtime, lambda: _assigned(EXPERIMENT_CHANGES))
 
 
 def _bind_producer() -> None:
+    """Every stage sends through faust's producer (started and flushed with the worker), in
+    batches (`kafka_clients.send_all`): the aiokafka producer it wraps is reached through
+    faust's private `_ensure_producer` (faust.transport.drivers.aiokafka, 0.15.x), which
+    raises NotReady, as faust's own `send` does, while it is not started."""
     if runtime.send_raw is None:
-        producer = app.producer
+        producer: Any = app.producer  # `_ensure_producer` is not on faust's ProducerT
 
-        async def send(topic: str, key: bytes | None, value: bytes) -> Any:
-            return await producer.send(topic, key, value, None, None, None)
+        async def send(topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+            await kafka_clients.send_all(producer._ensure_producer(), topic, records)
 
         runtime.send_raw = send
 

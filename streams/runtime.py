@@ -28,7 +28,8 @@ from streams.sink.state import StateStore
 from streams.topics import DEADLETTER, topic_specs
 
 log = logging.getLogger("bandit_stream")
-SendFn = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
+SendFn = Callable[[str, list[tuple[bytes | None, bytes]]], Awaitable[None]]
+"""Sends (key, value) records to a topic and returns when the broker has them all."""
 BatchHandler = Callable[["Runtime", Sequence[RawEvent]], Awaitable[None]]
 PoisonHandler = Callable[[RawEvent], Awaitable[None]]
 PERMANENT_TRIES = 3
@@ -71,11 +72,11 @@ class Runtime:
         """Send JSON documents to a topic and wait until the broker has them all."""
         assert self.send_raw is not None, "the app sets send_raw when it starts"
         topic = self.topics[base]
-        pending = [await self.send_raw(topic, key, orjson.dumps(doc)) for key, doc in records]
-        if pending:
-            await asyncio.gather(*pending)
-            metrics.EVENTS_OUT.labels(topic=base).inc(len(pending))
-        return len(pending)
+        encoded = [(key, orjson.dumps(doc)) for key, doc in records]
+        if encoded:
+            await self.send_raw(topic, encoded)
+            metrics.EVENTS_OUT.labels(topic=base).inc(len(encoded))
+        return len(encoded)
 
     async def dead_letter(self, rejects: list[Reject]) -> None:
         if not rejects:

@@ -119,3 +119,44 @@ async def test_read_committed_never_sees_aborted_messages(settings: Settings) ->
     assert sum(v.startswith(b"aborted") for v in uncommitted) == 10, (
         "the aborted messages are in the log: only read_committed hides them"
     )
+
+
+async def test_send_all_puts_each_record_where_producer_send_would_in_order(
+    settings: Settings,
+) -> None:
+    """The stages' batched send must keep the partition of every key (consumers of one
+    visitor, owners of one segment, rely on it) and the order within a partition."""
+    batched = await _topic(settings, "send-all", partitions=5)
+    single = await _topic(settings, "send-one", partitions=5)
+    # 3,000 records of ~100 bytes: several full 16 kB batches per partition
+    records = [(f"visitor-{i % 97}".encode(), f"{i:06d}".encode() * 16) for i in range(3000)]
+    records += [(None, b"no key")] * 7
+    producer = kafka_clients.producer(settings, acks="all")
+    await producer.start()
+    try:
+        await kafka_clients.send_all(producer, batched, records)
+        for key, value in records:
+            await producer.send(single, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    async def read(topic: str) -> dict[int, list[tuple[bytes | None, bytes]]]:
+        consumer = kafka_clients.consumer(settings, topic, auto_offset_reset="earliest")
+        await consumer.start()
+        got: dict[int, list[tuple[bytes | None, bytes]]] = {}
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while sum(map(len, got.values())) < len(records) and loop.time() < deadline:
+                for tp, rs in (await consumer.getmany(timeout_ms=500)).items():
+                    got.setdefault(tp.partition, []).extend((r.key, r.value) for r in rs)
+        finally:
+            await consumer.stop()
+        return got
+
+    by_send_all, by_send = await read(batched), await read(single)
+    assert sum(map(len, by_send_all.values())) == len(records), "every record arrived once"
+    keyed = {p: [r for r in rs if r[0] is not None] for p, rs in by_send_all.items()}
+    assert keyed == {p: [r for r in rs if r[0] is not None] for p, rs in by_send.items()}
+    assert sorted(v for rs in by_send_all.values() for k, v in rs if k is None) == [b"no key"] * 7

@@ -26,11 +26,8 @@ def _runtime() -> tuple[Runtime, list[tuple[str, bytes | None, dict[str, Any]]]]
     rt = Runtime(Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", BANDIT_TOPIC_PREFIX="u."))
     sent: list[tuple[str, bytes | None, dict[str, Any]]] = []
 
-    async def send(topic: str, key: bytes | None, value: bytes) -> Any:
-        sent.append((topic, key, orjson.loads(value)))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+    async def send(topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+        sent.extend((topic, key, orjson.loads(value)) for key, value in records)
 
     rt.send_raw = send
     return rt, sent
