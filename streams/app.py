@@ -13,6 +13,7 @@ the pure steps, so a bad record is dead-lettered instead of restarting an agent.
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any, cast
 
@@ -93,6 +94,22 @@ def _bind_producer() -> None:
         runtime.send_raw = send
 
 
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def _tune_collector() -> None:
+    """Once started: exempt the start-up heap (faust, aiokafka, numpy, scipy, the replicas)
+    from the cyclic garbage collector (`gc.freeze`), and collect the youngest generation
+    every 50,000 net allocations instead of 700. A batch allocates a few objects per
+    record, nearly all freed by reference counting, but with the default thresholds they
+    set off a collection every 700, and every tenth of those (every hundredth, a full one)
+    walks the older generations, start-up heap included. Measured with `bench pipeline
+    --visits 100000`: 25 % more events/s (README "Performance")."""
+    if gc.get_threshold()[0] != GC_YOUNG_THRESHOLD:
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
 def _hold_commits() -> None:
     """faust commits only what `Runtime.committable` allows: never past the first record of
     a batch the runtime has not applied (faust acks a batch when its stream stops)."""
@@ -122,6 +139,7 @@ async def _started() -> None:
     """What every stage waits for: the replicas read, and the producer bound."""
     await runtime.replicas_ready.wait()
     _bind_producer()
+    _tune_collector()
 
 
 async def _plain(stage: PlainStage) -> None:
