@@ -99,10 +99,11 @@ async def send_all(
     Each record goes to the partition `producer.send` would give it (Kafka's default
     partitioner, murmur2 of the key as in the Java client; a random one without a key), in
     the order given within a partition. They are appended to one batch per partition and
-    sent with `send_batch`: a future per batch instead of one per record costs 3.4 µs of
-    CPU per record instead of 8.0 (500 decisions of 300 bytes, acks=all, 8 partitions). A
-    full batch is sent and a new one started; a record alone in its batch is sent whatever
-    its size, and a broker refuses one over its limit (`producer.send` would refuse it too).
+    sent with `send_batch`: a future per batch instead of one per record. (Measured once,
+    500 decisions of 300 bytes to 8 partitions of a local broker, acks=all: 3.4 µs of CPU
+    per record against 8.0 with `producer.send`.) A full batch is sent and a new one
+    started; a record alone in its batch is sent whatever its size, and a broker refuses
+    one over its limit (`producer.send` would refuse it too).
     """
     partitions = sorted(await producer.partitions_for(topic))
     batches: dict[int, Any] = {}
