@@ -58,6 +58,7 @@ async def test_insights_cover_every_segment_recommend_and_flag_lost_exposures(
             pipeline, experiment, variants=["a", "b"], policy={"name": "uniform"}
         )
     sent: dict[str, int] = {}
+    converted = 0
     for experiment, seed, keep_b in (("lift", 11, 1.0), ("lossy", 12, 0.6)):
         traffic = _traffic(experiment, seed, keep_b)
         for base, docs in zip(("decisions", "exposures", "conversions"), traffic, strict=True):
@@ -65,14 +66,17 @@ async def test_insights_cover_every_segment_recommend_and_flag_lost_exposures(
         if experiment == "lift":
             for e in traffic[1]:
                 sent[e["segment_key"]] = sent.get(e["segment_key"], 0) + 1
+            converted = len(traffic[2])
     worker = pipeline.worker(extra={"BANDIT_INSIGHTS_INTERVAL_S": "1"}).start()
 
     def complete(doc: dict[str, Any]) -> bool:
-        """A lift report of `lift` that counts every exposure sent."""
+        """A lift report of `lift` that counts every exposure and conversion sent (a report
+        taken between the last exposure and the last conversion has rates that are low)."""
         return (
             doc["experiment_id"] == "lift"
             and doc["kind"] == "lift_report"
             and doc["report"]["global"]["exposures"] == 4 * PER_CELL
+            and doc["report"]["global"]["conversions"] == converted
         )
 
     def done(docs: list[dict[str, Any]]) -> bool:
