@@ -162,9 +162,9 @@ def _acceptor(node: Mapping[str, Any], root: Mapping[str, Any]) -> Acceptor:
     if unsupported := set(node) - _ANNOTATIONS - _KEYWORDS:
         msg = f"keywords {sorted(unsupported)} are not implemented"
         raise UnsupportedSchema(msg)
-    types = node.get("type")
     if "enum" in node:
         return _enum_acceptor(node)
+    types = node.get("type")
     names = [types] if isinstance(types, str) else list(types or ())
     nullable = "null" in names
     names = [n for n in names if n != "null"]

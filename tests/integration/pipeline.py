@@ -116,10 +116,9 @@ async def produce(p: Pipeline, base: str, items: list[tuple[str, bytes]]) -> Non
     producer = kafka_clients.producer(p.settings, acks="all", linger_ms=5)
     await producer.start()
     try:
-        futures = [
-            await producer.send(p.topic(base), value, key=key.encode()) for key, value in items
-        ]
-        await asyncio.gather(*futures)
+        await kafka_clients.send_all(
+            producer, p.topic(base), [(key.encode(), value) for key, value in items]
+        )
     finally:
         await producer.stop()
 

@@ -186,9 +186,8 @@ async def produce_backlog(settings: Settings, backlog: Backlog) -> float:
         max_batch_size=256 * 1024,
     ) as producer:
         for base in INPUTS:
-            topic = topic_name(settings, base)
-            futures = [
-                await producer.send(topic, value, key=key) for key, value in backlog.records[base]
-            ]
-            await asyncio.wait_for(asyncio.gather(*futures), 120)
+            sending = kafka_clients.send_all(
+                producer, topic_name(settings, base), backlog.records[base]
+            )
+            await asyncio.wait_for(sending, 120)
     return time.perf_counter() - t0
