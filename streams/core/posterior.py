@@ -196,11 +196,27 @@ def posterior_mean(counts: Counts) -> np.ndarray:
     return np.asarray(alpha / (alpha + beta))
 
 
-HETEROGENEITY_GRID = np.logspace(-4.0, 0.0, 25)
-"""Candidate nu^2, the variance of a variant's relative effect between segments
-(nu from 1 % to 100 %, nu^2 in steps of 10^(1/6)). Prior: uniform on nu
-(Gelman 2006's choice for a hierarchical sd; a flat prior on log nu would pile
-up at "no heterogeneity" and pool segments whose data cannot tell yet)."""
+NO_HETEROGENEITY = 1e-5
+"""The nu^2 that stands for "the segments differ only by baseline" (nu = 0.3 %:
+a cell would need 10^5 conversions to tell it from 0). At this value the
+pooled prior is as strong as the evidence behind it, i.e. full pooling."""
+
+_SLAB = np.logspace(-4.0, 0.0, 25)
+HETEROGENEITY_GRID = np.concatenate([[NO_HETEROGENEITY], _SLAB])
+"""Candidate nu^2, the variance of a variant's relative effect between segments:
+`NO_HETEROGENEITY`, then nu from 1 % to 100 % (nu^2 in steps of 10^(1/6)).
+
+Prior (`_LOG_HETEROGENEITY_PRIOR`): even odds on the two models an analyst
+would fit. Half the mass on `NO_HETEROGENEITY` (variants work the same in
+every segment: the global answer, with baselines); half uniform on nu over the
+rest (Gelman 2006's choice for a hierarchical sd; a flat prior on log nu would
+pile up at small nu and pool segments whose data cannot tell yet). Without the
+point mass no amount of agreeing data would let a segment with much traffic
+follow the experiment-wide answer: nu^2 stays at the level the data cannot rule
+out (~1 / conversions per cell), and a segment's own counts soon outweigh a
+prior of that strength. Measured (`bandit-stream bench policies`, README):
+the point mass brought `homogeneous` and `sparse` to within ~1.1x of `global`.
+"""
 
 BASELINE_PSEUDO_CONVERSIONS = 1.0
 """A segment's baseline (observed / expected conversions) is shrunk to 1 as if
@@ -211,8 +227,12 @@ not held back once a few conversions are in."""
 _FIT_ITERATIONS = 12
 _REFIT_ROUNDS = 2
 _NODE_COUNT = 3
-_LOG_HETEROGENEITY_PRIOR = 0.5 * np.log(HETEROGENEITY_GRID)  # uniform in nu, on a log grid
+_SLAB_LOG_PRIOR = 0.5 * np.log(_SLAB)  # uniform in nu, on a log grid
+_LOG_HETEROGENEITY_PRIOR = np.log(0.5) + np.concatenate(
+    [[0.0], _SLAB_LOG_PRIOR - np.logaddexp.reduce(_SLAB_LOG_PRIOR)]
+)
 _RATE_CLIP = 1e-6
+_UNIDENTIFIED_RIDGE = 1e-9
 
 
 @dataclass(frozen=True, eq=False)
@@ -229,6 +249,8 @@ class PoolingEstimate:
     three equal-weight nodes, one per third of the posterior of nu^2 by mass
     (`_posterior_nodes`), over which the pooled policy averages P(best) (the
     hyperparameter is uncertain).
+    `heterogeneity_posterior`: the posterior of nu^2 on `HETEROGENEITY_GRID`
+    (its first entry: P(the segments differ only by baseline)).
     `rate_numerators` / `rate_denominators`: the weighted sums behind
     `variant_rates` (see `leave_out`).
     """
@@ -237,6 +259,7 @@ class PoolingEstimate:
     heterogeneity: float
     heterogeneity_nodes: np.ndarray
     heterogeneity_weights: np.ndarray
+    heterogeneity_posterior: np.ndarray
     rate_numerators: np.ndarray
     rate_denominators: np.ndarray
 
@@ -290,7 +313,8 @@ def estimate_pooling(segments: Iterable[Counts]) -> PoolingEstimate:
     Alternates (1) fitting baselines and rates by weighted iterative
     proportional fitting and (2) the posterior of nu^2 on `HETEROGENEITY_GRID`
     from the beta-binomial marginal likelihood of every (segment, variant)
-    cell. A likelihood, unlike moment estimators, stays valid although the
+    cell, adjusted for the fitted baselines and rates (`_log_det_information`).
+    A likelihood, unlike moment estimators, stays valid although the
     bandit collected the data adaptively. Cost ~1 ms for 60 segments x 3
     variants: refresh it periodically, not per visit.
     """
@@ -323,6 +347,7 @@ def pooling_from_arrays(exposures: np.ndarray, conversions: np.ndarray) -> Pooli
         heterogeneity=float(posterior @ HETEROGENEITY_GRID),
         heterogeneity_nodes=nodes,
         heterogeneity_weights=weights,
+        heterogeneity_posterior=posterior,
         rate_numerators=numerators,
         rate_denominators=denominators,
     )
@@ -378,6 +403,34 @@ def _fit(
     return baseline, numerators, 1.0 / overall + baseline @ weighted_exposures
 
 
+def _log_det_information(expected: np.ndarray) -> np.ndarray:
+    """Cox-Reid adjustment: log det of the information about the baselines and rates,
+    per candidate nu^2 of the grid.
+
+    With fitted baselines and rates plugged into the likelihood, the fits absorb part
+    of the spread, binomial noise and heterogeneity alike, so the plugged-in likelihood
+    puts nu^2 too low, badly so while noise and heterogeneity are of one size (median
+    0.022 at 5,000 visits of `heterogeneous`, against 0.077 at 200,000). The adjusted
+    profile likelihood (Cox and Reid 1987; REML in normal models) subtracts half the
+    log determinant of the information X' W X of the log-linear mean model (one
+    baseline per segment, one rate per variant), W = expected / (1 + nu^2 expected)
+    per cell. The design is two-way, so the determinant is that of the diagonal
+    segment block times its Schur complement over the variants but one. Where the
+    traffic so far splits into groups of segments that share no variant, a rate
+    ratio is not identified and that complement is singular: the ridge (1e-9,
+    constant over the grid, far below any cell's expected conversions) makes the
+    unidentified direction a constant, which the normalisation removes.
+    """
+    cells = expected[np.ix_(expected.sum(axis=1) > 0, expected.sum(axis=0) > 0)]
+    weight = cells / (1.0 + HETEROGENEITY_GRID[:, None, None] * cells)
+    segment_information = weight.sum(axis=2)
+    kept = weight[:, :, 1:]
+    schur = np.einsum("gsi,gs,gsj->gij", kept, -1.0 / segment_information, kept)
+    diagonal = np.arange(kept.shape[2])
+    schur[:, diagonal, diagonal] += kept.sum(axis=1) + _UNIDENTIFIED_RIDGE
+    return np.log(segment_information).sum(axis=1) + np.linalg.slogdet(schur)[1]
+
+
 def _heterogeneity_posterior(
     data: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
 ) -> np.ndarray:
@@ -386,19 +439,14 @@ def _heterogeneity_posterior(
     if data is not None:
         exposures, conversions, fitted = data
         seen = exposures > 0
-        cells = int(seen.sum())
         fitted_parameters = int(seen.any(axis=1).sum() + seen.any(axis=0).sum()) - 1
-        if cells > max(fitted_parameters, 0):
-            # The fitted baselines and rates absorb part of the spread: with them
-            # plugged in, the likelihood peaks at nu^2 * residual df / cells (the
-            # ML-versus-REML bias, exact for balanced normal layouts), so nu^2 is
-            # evaluated there.
-            shrink = (cells - fitted_parameters) / cells
+        if int(seen.sum()) > max(fitted_parameters, 0):  # else the fits explain every cell
             mean = np.clip(fitted[seen], _RATE_CLIP, 1.0 - _RATE_CLIP)
             n, c = exposures[seen], conversions[seen]
-            strength = prior_strength(mean, shrink * HETEROGENEITY_GRID[:, None])
+            strength = prior_strength(mean, HETEROGENEITY_GRID[:, None])
             a = np.maximum(strength, 1e-3) * mean
             b = np.maximum(strength, 1e-3) * (1.0 - mean)
             log_posterior += (special.betaln(c + a, n - c + b) - special.betaln(a, b)).sum(axis=1)
+            log_posterior -= 0.5 * _log_det_information(exposures * fitted)
     posterior = np.exp(log_posterior - log_posterior.max())
     return np.asarray(posterior / posterior.sum())
