@@ -379,7 +379,10 @@ class PooledPolicy(_BasePolicy):
             ]
         mixture = []
         for weight, strength in priors:
-            # Never more confident than the evidence the prior is built from.
+            # Never more confident than the evidence the prior is built from. Counted
+            # in exposures, this also weakens the prior of a low-converting segment
+            # (README, "A known inconsistency"): measured, removing it cost more than
+            # it gained.
             capped = np.clip(strength, _MIN_PRIOR_STRENGTH, 2.0 + rest_exposures)
             alpha, beta = posterior_parameters(segment, capped * mean, capped * (1.0 - mean))
             mixture.append((weight, alpha, beta))
