@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from streams.core.posterior import (
+    _LOG_HETEROGENEITY_PRIOR,
+    HETEROGENEITY_GRID,
     NO_HETEROGENEITY,
     Counts,
     decay_factor,
@@ -190,8 +192,6 @@ def test_heterogeneity_posterior_is_calibrated(exposures_per_cell: float) -> Non
     Tolerances: for uniform u over R = 300 draws the mean has sd sqrt(1/12/R) = 0.0167
     and each tail share (u > 0.9, u < 0.1) sd sqrt(0.09/R) = 0.0173; the bounds are 4 sd.
     """
-    from streams.core.posterior import _LOG_HETEROGENEITY_PRIOR, HETEROGENEITY_GRID
-
     draws = 300
     rng = np.random.default_rng(20261130)
     mean = np.outer([0.5, 0.8, 1.0, 1.2, 1.5, 2.0], [0.04, 0.05, 0.045])
